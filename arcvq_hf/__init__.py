@@ -1,0 +1,34 @@
+"""arcvq-hf: ArcVQ-VAE (VQ-VAE with a spherical angular-margin codebook prior) for transformers and diffusers.
+
+Importing the package registers `ArcVQConfig`, `ArcVQModel` and `ArcVQImageProcessor` with the Auto classes.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+from .configuration_arcvq import PRESETS, ArcVQConfig
+from .image_processing_arcvq import ArcVQImageProcessor
+from .modeling_arcvq import ArcVQEncoderOutput, ArcVQModel, ArcVQModelOutput, ArcVQPreTrainedModel
+from .quantization import SphericalAngularMarginQuantizer
+
+AutoConfig.register(ArcVQConfig.model_type, ArcVQConfig, exist_ok=True)
+AutoModel.register(ArcVQConfig, ArcVQModel, exist_ok=True)
+AutoImageProcessor.register(ArcVQConfig, slow_image_processor_class=ArcVQImageProcessor, exist_ok=True)
+
+# Saved folders carry the model files and an auto_map, so they load with trust_remote_code=True without this
+# package installed.
+ArcVQConfig.register_for_auto_class()
+ArcVQModel.register_for_auto_class("AutoModel")
+ArcVQImageProcessor.register_for_auto_class()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "ArcVQConfig",
+    "ArcVQEncoderOutput",
+    "ArcVQImageProcessor",
+    "ArcVQModel",
+    "ArcVQModelOutput",
+    "ArcVQPreTrainedModel",
+    "SphericalAngularMarginQuantizer",
+]
