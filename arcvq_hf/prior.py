@@ -148,7 +148,9 @@ class ImageTokenVocabulary:
         return ids.long() - self.class_token_range.start
 
     # ----- whole sequences -------------------------------------------------------------------------------------
-    def prompt_ids(self, labels: torch.Tensor | Sequence[int] | None = None, batch_size: int | None = None) -> torch.Tensor:
+    def prompt_ids(
+        self, labels: torch.Tensor | Sequence[int] | None = None, batch_size: int | None = None
+    ) -> torch.Tensor:
         """(B, prefix_length) prompts: [BOS, class] for a conditional prior (pass `labels`), [BOS] otherwise (pass
         `batch_size`)."""
         if self.is_class_conditional:
@@ -170,7 +172,9 @@ class ImageTokenVocabulary:
         if image_tokens.ndim == 3:
             image_tokens = raster_order(image_tokens)
         if image_tokens.ndim != 2:
-            raise ValueError(f"image_tokens must have shape (batch, L) or (batch, h, w), got {tuple(image_tokens.shape)}.")
+            raise ValueError(
+                f"image_tokens must have shape (batch, L) or (batch, h, w), got {tuple(image_tokens.shape)}."
+            )
         if self.is_class_conditional:
             prompts = self.prompt_ids(labels=labels)
             if prompts.shape[0] != image_tokens.shape[0]:
