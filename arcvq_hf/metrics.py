@@ -264,11 +264,13 @@ class ReconstructionMetrics:
     shard, gives the same result as one pass over the whole set.
     """
 
-    def __init__(self, codebook_size: int) -> None:
+    def __init__(self, codebook_size: int, loss_names: Iterable[str] = ()) -> None:
+        """`loss_names`: losses every rank will report (pre-created so that a rank with an empty shard still
+        all-reduces the same layout)."""
         self.usage = CodebookUsage(codebook_size)
         self.num_images = 0
         self.image_sums = dict.fromkeys(_IMAGE_SUMS, 0.0)
-        self.loss_sums: dict[str, float] = {}
+        self.loss_sums: dict[str, float] = dict.fromkeys(loss_names, 0.0)
 
     def update(
         self,
@@ -381,19 +383,15 @@ def accumulate_reconstruction(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    metrics = ReconstructionMetrics(model.config.codebook_size)
+    loss_names = ["loss", "reconstruction_loss", "quantization_loss"] if with_losses else []
+    if with_losses and model.config.use_arc_margin:
+        loss_names.append("arc_loss")
+    metrics = ReconstructionMetrics(model.config.codebook_size, loss_names)
     try:
         for batch in pixel_batches:
             pixel_values = _batch_pixels(batch).to(device)
             output = model(pixel_values, return_loss=with_losses)
-            losses = None
-            if with_losses:
-                losses = {
-                    "loss": output.loss,
-                    "reconstruction_loss": output.reconstruction_loss,
-                    "quantization_loss": output.quantization_loss,
-                    "arc_loss": output.arc_loss,
-                }
+            losses = {name: getattr(output, name) for name in loss_names}
             metrics.update(
                 to_unit(output.reconstruction).float(), to_unit(pixel_values).float(), output.image_tokens, losses
             )
