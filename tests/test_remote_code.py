@@ -1,0 +1,86 @@
+"""A saved folder loads with trust_remote_code=True in a fresh process where `arcvq_hf` cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
+
+# Runs in the child: blocks every import of arcvq_hf, proves it, then loads through the Auto classes.
+CHILD = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockArcVQ(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "arcvq_hf" or name.startswith("arcvq_hf."):
+                raise ImportError("arcvq_hf is blocked in this process")
+            return None
+
+    sys.meta_path.insert(0, BlockArcVQ())
+    try:
+        import arcvq_hf  # noqa: F401
+        raise SystemExit("arcvq_hf was importable")
+    except ImportError:
+        pass
+
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoImageProcessor, AutoModel
+
+    folder, out = sys.argv[1], sys.argv[2]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    image = ((np.arange(28 * 28).reshape(28, 28) * 7) % 256).astype(np.uint8)
+    pixel_values = processor(image).pixel_values
+    with torch.no_grad():
+        output = model(pixel_values)
+        tokens = model.encode(pixel_values).image_tokens
+    save_file({"pixel_values": pixel_values, "reconstruction": output.reconstruction, "tokens": tokens}, out)
+    print(json.dumps({"model": type(model).__module__, "processor": type(processor).__module__}))
+    """
+)
+
+
+def test_saved_folder_loads_with_remote_code_without_the_package(tmp_path):
+    torch.manual_seed(0)
+    model = ArcVQModel(ArcVQConfig(num_channels=1, hidden_size=32, residual_hidden_size=8, codebook_size=64)).eval()
+    processor = ArcVQImageProcessor(num_channels=1)
+    folder = tmp_path / "arcvq-remote"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_arcvq.ArcVQModel"
+    for name in ("configuration_arcvq.py", "modeling_arcvq.py", "quantization.py", "image_processing_arcvq.py"):
+        assert (folder / name).exists()
+
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    result_file = tmp_path / "child.safetensors"
+    completed = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder), str(result_file)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    modules = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert modules["model"].startswith("transformers_modules.") and modules["processor"].startswith(
+        "transformers_modules."
+    )
+
+    child = load_file(result_file)
+    expected_pixels = processor(
+        ((torch.arange(28 * 28).reshape(28, 28) * 7) % 256).to(torch.uint8).numpy()
+    ).pixel_values
+    assert torch.equal(child["pixel_values"], expected_pixels)
+    with torch.no_grad():
+        assert torch.equal(child["reconstruction"], model(expected_pixels).reconstruction)
+        assert torch.equal(child["tokens"], model.encode(expected_pixels).image_tokens)
