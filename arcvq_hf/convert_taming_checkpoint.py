@@ -196,15 +196,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_converter_arguments(parser)
     parser.add_argument("--norm-num-groups", type=int, default=32, help="GroupNorm groups (taming uses 32)")
     args = parser.parse_args(argv)
-    output = convert_taming_checkpoint(
-        args.checkpoint,
-        args.output_dir,
-        args.preset,
-        args.image_mean,
-        args.image_std,
-        args.overwrite,
-        args.norm_num_groups,
-    )
+    try:
+        output = convert_taming_checkpoint(
+            args.checkpoint,
+            args.output_dir,
+            args.preset,
+            args.image_mean,
+            args.image_std,
+            args.overwrite,
+            args.norm_num_groups,
+        )
+    except (ValueError, OSError) as err:
+        parser.exit(1, f"error: {err}\n")
     print(f"Wrote ArcVQ model to {output} (load with ArcVQModel.from_pretrained).")
 
 

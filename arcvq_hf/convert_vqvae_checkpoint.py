@@ -142,9 +142,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     add_converter_arguments(parser)
     args = parser.parse_args(argv)
-    output = convert_vqvae_checkpoint(
-        args.checkpoint, args.output_dir, args.preset, args.image_mean, args.image_std, args.overwrite
-    )
+    try:
+        output = convert_vqvae_checkpoint(
+            args.checkpoint, args.output_dir, args.preset, args.image_mean, args.image_std, args.overwrite
+        )
+    except (ValueError, OSError) as err:
+        parser.exit(1, f"error: {err}\n")
     print(f"Wrote ArcVQ model to {output} (load with ArcVQModel.from_pretrained).")
 
 

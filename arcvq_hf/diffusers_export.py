@@ -101,7 +101,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("output_dir", help="folder to write the VQModel to (config.json + safetensors)")
     parser.add_argument("--overwrite", action="store_true", help="replace output_dir if it exists")
     args = parser.parse_args(argv)
-    output = export_folder(args.source_dir, args.output_dir, overwrite=args.overwrite)
+    try:
+        output = export_folder(args.source_dir, args.output_dir, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:
+        parser.exit(1, f"error: {err}\n")
     print(f"Wrote diffusers VQModel to {output} (load with diffusers.VQModel.from_pretrained).")
 
 

@@ -349,6 +349,18 @@ def test_vqvae_key_and_shape_errors_name_the_keys(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
 
 
+def test_cli_reports_errors_without_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        vqvae_main([str(tmp_path / "absent.pt"), str(tmp_path / "out")])
+    assert exit_info.value.code == 1 and "No checkpoint file" in capsys.readouterr().err
+    path = tmp_path / "vqgan.pt"
+    torch.save({"state_dict": {"encoder.conv_in.weight": torch.zeros(16, 3, 3, 3)}}, path)
+    with pytest.raises(SystemExit) as exit_info:
+        taming_main([str(path), str(tmp_path / "out")])
+    assert exit_info.value.code == 1 and "error: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_output_folder_needs_overwrite(tmp_path):
     path = tmp_path / "authors.pt"
     torch.save(authors_vqvae_state_dict(), path)

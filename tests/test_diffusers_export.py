@@ -83,12 +83,18 @@ def test_cli_exports_a_saved_folder_atomically(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["arcvq", "vq"]
 
 
-def test_vqvae_backbone_is_refused():
+def test_vqvae_backbone_is_refused(tmp_path, capsys):
     model = ArcVQModel(ArcVQConfig(hidden_size=16, residual_hidden_size=8, codebook_size=16, codebook_dim=4))
     with pytest.raises(ValueError, match="Only the 'vqgan' backbone"):
         to_diffusers(model)
     with pytest.raises(ValueError, match="VQModel"):
         model.to_diffusers()
+    model.save_pretrained(tmp_path / "vqvae")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "vqvae"), str(tmp_path / "vq")])
+    assert exit_info.value.code == 1
+    assert "Only the 'vqgan' backbone" in capsys.readouterr().err
+    assert not (tmp_path / "vq").exists()
 
 
 def test_vqmodel_quantizer_differs_only_in_assignment_rule():
