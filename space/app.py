@@ -442,7 +442,8 @@ def render_usage_plot(result: ComparisonResult) -> np.ndarray:
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(result.models), 1, squeeze=False)[:, 0]
     for axis, model in zip(axes, result.models, strict=True):
-        axis.bar(np.arange(model.codebook_size), model.code_counts, width=1.0, color="#3b6fb6")
+        # One filled step patch instead of K bar patches: the same picture, drawn in a fraction of the time.
+        axis.stairs(model.code_counts, np.arange(model.codebook_size + 1) - 0.5, fill=True, color="#3b6fb6")
         axis.set_xlim(-0.5, model.codebook_size - 0.5)
         axis.set_title(
             f"{model.label}: {model.codes_used} / {model.codebook_size} codes used, perplexity {model.perplexity:.1f}",
@@ -472,14 +473,15 @@ def metrics_table(result: ComparisonResult) -> str:
 
 
 def metrics_record(result: ComparisonResult) -> dict[str, Any]:
-    """The numbers of `result` at full precision, JSON-ready (shown in the UI and returned to API clients)."""
+    """The numbers of `result` at full precision, JSON-ready (shown in the UI and returned to API clients).
+    An exact reconstruction's PSNR (+inf) is given as None, which JSON can hold."""
     height, width = result.original.shape[:2]
     return {
         "height": height,
         "width": width,
         "models": {
             model.label: {
-                "psnr": model.psnr,
+                "psnr": model.psnr if math.isfinite(model.psnr) else None,
                 "ssim": model.ssim,
                 "codes_used": model.codes_used,
                 "codebook_size": model.codebook_size,
@@ -517,6 +519,14 @@ def run_demo(
         render_usage_plot(result),
         metrics_record(result),
     )
+
+
+def run_on_new_file(file_path: str | None, max_side: float, vq_source: str, arcvq_source: str) -> tuple[Any, ...]:
+    """`run_demo` for the upload box's change event (new upload or example click); clearing the box changes nothing
+    instead of warning about a missing image."""
+    if file_path is None:
+        return tuple(gr.skip() for _ in range(9))
+    return run_demo(file_path, max_side, vq_source, arcvq_source)
 
 
 def _failure(message: str) -> tuple[str, None, None, None, None, None, str, None, None]:
@@ -573,7 +583,7 @@ def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
         inputs = [upload, max_side, vq_source, arcvq_source]
         outputs = [status, original, vq_image, arcvq_image, vq_tokens, arcvq_tokens, table, usage_plot, record]
         run.click(run_demo, inputs, outputs, api_name="reconstruct")
-        upload.change(run_demo, inputs, outputs, api_visibility="private")
+        upload.change(run_on_new_file, inputs, outputs, api_visibility="private")
     demo.queue(default_concurrency_limit=concurrency_limit, max_size=64)
     return demo
 
