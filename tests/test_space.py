@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from skimage import data as skimage_data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from arcvq_hf import ArcVQImageProcessor
+from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_PATH = REPO_ROOT / "space" / "app.py"
@@ -324,3 +325,41 @@ def test_readme_command_serves_on_localhost(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _tiny_checkpoint(folder: Path, preset: str, num_channels: int) -> str:
+    torch.manual_seed(0)
+    config = ArcVQConfig.from_preset(
+        preset, num_channels=num_channels, hidden_size=16, residual_hidden_size=8, codebook_size=16, codebook_dim=8
+    )
+    ArcVQModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def test_one_channel_checkpoints_and_mismatched_pairs(sources, tmp_path):
+    grey_vq = app.load_checkpoint(_tiny_checkpoint(tmp_path / "grey-vq", "vq-baseline", 1))
+    grey_arcvq = app.load_checkpoint(_tiny_checkpoint(tmp_path / "grey-arcvq", "arcvq", 1))
+    photo = app.EXAMPLES_DIR / "chelsea.png"  # 256x170 colour
+    result = app.reconstruct_comparison(photo, 128, {app.VQ_LABEL: grey_vq, app.ARCVQ_LABEL: grey_arcvq})
+    assert "Colour image reduced to luma" in " ".join(result.notices)
+    assert result.original.shape == (84, 128)  # 128x85 cropped to a multiple of 4
+    for model in result.models:
+        assert model.reconstruction.shape == (84, 128)
+        assert model.token_map.shape == (84, 128, 3)
+        assert model.image_tokens.shape == (21, 32)
+        np.testing.assert_array_equal(model.code_counts, np.bincount(model.image_tokens.ravel(), minlength=16))
+        psnr, ssim = _skimage_metrics(model.reconstruction, result.original)
+        assert model.psnr == pytest.approx(psnr, abs=1e-6)
+        assert model.ssim == pytest.approx(ssim, abs=1e-6)
+    with pytest.raises(app.InputImageError, match="different numbers of channels"):
+        app.reconstruct_comparison(
+            photo, 128, {app.VQ_LABEL: grey_vq, app.ARCVQ_LABEL: app.load_checkpoint(sources[1])}
+        )
+
+
+def test_a_folder_that_is_not_an_arcvq_checkpoint_is_refused(tmp_path):
+    folder = tmp_path / "bert-like"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(app.CheckpointError, match="is a 'bert' checkpoint, not an ArcVQ one"):
+        app.load_checkpoint(str(folder))
