@@ -13,9 +13,11 @@ Examples (all offline):
     python examples/train_arcvq.py --model_name_or_path runs/arcvq-mnist --dataset path/to/images \
         --image_size 32 --output_dir runs/finetuned --max_steps 500
 
-    # two processes on CPU
+    # two processes on CPU (gloo): torchrun, or accelerate's torchrun-based launcher
     torchrun --nproc_per_node 2 examples/train_arcvq.py --dataset mnist-5k --output_dir runs/ddp --max_steps 100
-    accelerate launch --cpu --num_processes 2 examples/train_arcvq.py --dataset mnist-5k --output_dir runs/acc
+    accelerate launch --multi_gpu --num_processes 2 examples/train_arcvq.py --use_cpu --dataset mnist-5k \
+        --output_dir runs/acc --max_steps 100
+    (`accelerate launch --cpu` starts a single process unless MPI is set up.)
 
 Options: `--dataset` (mnist-5k | photos | save_to_disk folder | image folder | hub id), `--variant vqvae|vqgan`,
 `--preset arcvq|vq-baseline|cosine-only|no-ball|no-arc`, `--model_name_or_path`, every TrainingArguments flag;
@@ -33,6 +35,8 @@ from arcvq_hf.training import DataArguments, ModelArguments, run_training
 
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    # The paper's VQ-VAE optimizer rate; Trainer's own defaults otherwise.
+    parser.set_defaults(learning_rate=3e-4, logging_steps=50)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses()
     command = shlex.join(["python", *sys.argv])
     if training_args.world_size > 1:
