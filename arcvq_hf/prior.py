@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
@@ -468,19 +469,69 @@ def sample_image_tokens(
     return sampled_labels, from_raster_order(raster, latent_shape)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Samples to pictures
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def decode_image_tokens(tokenizer: PreTrainedModel, image_processor: Any, grids: torch.Tensor) -> list[PIL.Image.Image]:
+    """Code grids (B, h, w) -> B PIL images, decoded by the ArcVQ tokenizer and post-processed."""
+    device = next(tokenizer.parameters()).device
+    return image_processor.postprocess(tokenizer.decode(grids.to(device)).cpu(), return_tensors="PIL")
+
+
+def image_grid(rows: Sequence[Sequence[PIL.Image.Image]], padding: int = 2, scale: int = 1) -> PIL.Image.Image:
+    """Paste rows of equally sized images into one picture (one row per list), `padding` black pixels between
+    cells, every image enlarged `scale` times with nearest-neighbour resampling."""
+    if not rows or not all(rows):
+        raise ValueError("image_grid needs at least one non-empty row.")
+    cells = [[image.convert("RGB") for image in row] for row in rows]
+    sizes = {image.size for row in cells for image in row}
+    if len(sizes) != 1:
+        raise ValueError(f"all images must have the same size, got {sorted(sizes)}.")
+    width, height = (side * scale for side in sizes.pop())
+    columns = max(len(row) for row in cells)
+    grid = PIL.Image.new("RGB", (columns * (width + padding) + padding, len(cells) * (height + padding) + padding))
+    for row_index, row in enumerate(cells):
+        for column_index, image in enumerate(row):
+            if scale != 1:
+                image = image.resize((width, height), PIL.Image.Resampling.NEAREST)
+            grid.paste(image, (padding + column_index * (width + padding), padding + row_index * (height + padding)))
+    return grid
+
+
+def save_image_atomic(image: PIL.Image.Image, path: str | os.PathLike) -> None:
+    """Save `image` (format from the extension) to a temporary name beside `path`, then rename it into place."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    root, extension = os.path.splitext(os.path.basename(path))
+    temporary = os.path.join(directory, f".{root}.tmp{os.getpid()}{extension}")
+    try:
+        image.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 __all__ = [
     "PRIOR_CONFIG_KEY",
     "ImageTokenCollator",
     "ImageTokenLogitsProcessor",
     "ImageTokenVocabulary",
     "bits_per_token",
+    "decode_image_tokens",
     "encode_images",
     "from_raster_order",
+    "image_grid",
     "image_token_nll",
     "prior_config",
     "prior_settings",
     "raster_order",
     "sample_image_tokens",
+    "save_image_atomic",
     "tokenize_image_dataset",
     "tokenizer_fingerprint",
 ]

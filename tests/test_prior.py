@@ -94,9 +94,8 @@ def test_tokens_through_vocabulary_decode_exactly_like_the_quantized_latents():
     assert torch.equal(grid, encoded.image_tokens)
     assert torch.equal(from_ids, from_codes)
     assert torch.equal(from_flat_ids, from_codes)
-    # The straight-through latents equal the code vectors up to float rounding of latents + (codes - latents).
-    torch.testing.assert_close(encoded.quantized_latents, code_vectors, rtol=0, atol=1e-6)
-    torch.testing.assert_close(from_ids, from_quantized, rtol=0, atol=1e-5)
+    assert torch.equal(encoded.quantized_latents, code_vectors)
+    assert torch.equal(from_ids, from_quantized)
 
 
 # ----- the vocabulary ----------------------------------------------------------------------------------------
