@@ -219,7 +219,14 @@ def test_vqgan_recipe_smoke(tmp_path) -> None:
     )
     trainer = ArcVQGANTrainer(
         model=model,
-        args=_args(tmp_path / "gan", max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3),
+        args=_args(
+            tmp_path / "gan",
+            max_steps=3,
+            per_device_train_batch_size=4,
+            learning_rate=1e-3,
+            save_strategy="steps",
+            save_steps=3,
+        ),
         train_dataset=data,
         gan_settings=settings,
     )
@@ -234,6 +241,20 @@ def test_vqgan_recipe_smoke(tmp_path) -> None:
     assert logs[0]["perceptual_loss"] > 0
     changed = [k for k, v in trainer.discriminator.state_dict().items() if not torch.equal(v, discriminator_before[k])]
     assert "main.0.weight" in changed
+    # Checkpoints carry the discriminator and its optimizer, and resuming restores them.
+    restored = ArcVQGANTrainer(
+        model=ArcVQModel(config),
+        args=_args(tmp_path / "gan2"),
+        train_dataset=data,
+        gan_settings=GANSettings(disc_start=1, disc_num_layers=2, disc_base_channels=16),
+    )
+    restored._load_from_checkpoint(str(tmp_path / "gan" / "checkpoint-3"))
+    for key, value in trainer.discriminator.state_dict().items():
+        torch.testing.assert_close(restored.discriminator.state_dict()[key], value, atol=0, rtol=0)
+    saved_state = trainer.discriminator_optimizer.state_dict()["state"]
+    restored_state = restored.discriminator_optimizer.state_dict()["state"]
+    assert restored_state.keys() == saved_state.keys()
+    assert int(restored_state[0]["step"]) == int(saved_state[0]["step"]) == 2
 
 
 def _save_digit_dataset(path) -> None:
