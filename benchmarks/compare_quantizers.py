@@ -1,0 +1,498 @@
+"""Side-by-side quantizer benchmark: the same backbone, data, budget and seeds for every preset.
+
+Presets (`ArcVQConfig.from_preset`): `vq-baseline` (textbook VQ-VAE), `cosine-only`, `no-ball`, `no-arc`, `arcvq`.
+Data sets: `mnist-5k` with exactly the protocol of shared/TARGETS.md (the paper's VQ-VAE, Adam 3e-4, batch 256,
+MSE / data variance with data variance = var(train / 255) * 4, metrics on the 1000 test images) and `photos`
+(32x32 RGB crops of scikit-image's photos, split by source photo; data variance computed the same way).
+
+Each run is trained in its own subprocess (so its peak RSS is its own) and writes one JSON file (plus an .npz with
+its reconstruction grid) under `benchmarks/results/`; runs whose file exists are skipped, so the grid can be
+finished over several sittings. `benchmarks/RESULTS.md` and the PNG plots are regenerated from all files present.
+
+    python benchmarks/compare_quantizers.py                       # 5 presets x 2 data sets x 3 seeds x 1500 steps
+    python benchmarks/compare_quantizers.py --quick               # 1 seed, 200 steps, smoke test
+    python benchmarks/compare_quantizers.py --datasets mnist-5k --presets arcvq --seeds 0 --steps 400 \\
+        --override arc_weight=4 --eval-every 100                  # one sweep point (recorded in the sweep table)
+    python benchmarks/compare_quantizers.py --report-only         # rebuild RESULTS.md and plots from the files
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from arcvq_hf import ArcVQConfig, ArcVQModel
+from arcvq_hf.data import load_builtin_dataset, mnist_arrays
+from arcvq_hf.metrics import evaluate_reconstruction
+
+BENCHMARK_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCHMARK_DIR / "results"
+PLOTS_DIR = BENCHMARK_DIR / "plots"
+PRESET_ORDER = ("vq-baseline", "cosine-only", "no-ball", "no-arc", "arcvq")
+DATASETS = ("mnist-5k", "photos")
+# The SAMP knobs a sweep may override (SPEC.md §1): alpha, lambda, gamma0, s, m, top_k.
+SWEEP_KNOBS = ("ball_growth_rate", "arc_weight_decay", "arc_weight", "arc_scale", "arc_margin", "arc_top_k")
+BATCH_SIZE = 256
+LEARNING_RATE = 3e-4
+EVAL_BATCH = 500
+GRID_IMAGES = 16
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_arrays(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train (N, C, H, W), test (M, C, H, W)) float32 in [-1, 1]."""
+    if dataset == "mnist-5k":
+        train, test, _, _ = mnist_arrays()
+        return train, test
+    if dataset == "photos":
+        splits = load_builtin_dataset("photos")
+
+        def to_array(split: str) -> np.ndarray:
+            images = np.stack([np.asarray(image.convert("RGB")) for image in splits[split]["image"]])
+            return (images.astype(np.float32) / 255.0 - 0.5) / 0.5
+
+        return to_array("train").transpose(0, 3, 1, 2).copy(), to_array("test").transpose(0, 3, 1, 2).copy()
+    raise ValueError(f"Unknown data set {dataset!r}; expected one of {DATASETS}.")
+
+
+def data_variance(train: np.ndarray) -> float:
+    """The protocol's normaliser: var(train / 255) * 4, i.e. the variance of the [-1, 1] training pixels."""
+    return float(np.var(train.astype(np.float64)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def parse_overrides(items: list[str]) -> dict[str, float | int]:
+    """`["arc_weight=4", "arc_top_k=8"]` -> {"arc_weight": 4.0, "arc_top_k": 8}; only SWEEP_KNOBS are allowed."""
+    overrides: dict[str, float | int] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in SWEEP_KNOBS or not value:
+            raise ValueError(f"--override takes NAME=VALUE with NAME in {SWEEP_KNOBS}, got {item!r}.")
+        overrides[name] = int(value) if name == "arc_top_k" else float(value)
+    return overrides
+
+
+def run_name(dataset: str, preset: str, seed: int, steps: int, overrides: dict[str, Any]) -> str:
+    name = f"{dataset}_{preset}_s{seed}_{steps}steps"
+    if overrides:
+        text = ",".join(f"{key}={overrides[key]}" for key in sorted(overrides))
+        name += "_" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return name
+
+
+def quantizer_settings(config: ArcVQConfig) -> dict[str, Any]:
+    return {key: getattr(config, key) for key in ("distance", "codebook_init", "use_ball_bound", "use_arc_margin")} | {
+        key: getattr(config, key) for key in SWEEP_KNOBS
+    }
+
+
+def _evaluate(model: ArcVQModel, test: torch.Tensor) -> dict[str, float]:
+    return evaluate_reconstruction(model, list(test.split(EVAL_BATCH)))
+
+
+def train_and_evaluate(
+    dataset: str, preset: str, seed: int, steps: int, overrides: dict[str, Any], eval_every: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Train one preset with the protocol's plain loop and evaluate it on the test split.
+
+    Returns (record for the JSON file, arrays for the .npz: test originals and reconstructions of the grid).
+    """
+    torch.set_num_threads(int(os.environ.get("ARCVQ_BENCH_THREADS", "2")))
+    train_np, test_np = load_arrays(dataset)
+    train, test = torch.from_numpy(train_np), torch.from_numpy(test_np)
+    variance = data_variance(train_np)
+    torch.manual_seed(seed)
+    config = ArcVQConfig.from_preset(preset, num_channels=train.shape[1], data_variance=variance, **overrides)
+    model = ArcVQModel(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    order = torch.Generator().manual_seed(seed)
+    permutation, cursor = torch.randperm(len(train), generator=order), 0
+    curve, train_losses, train_seconds = [], [], 0.0
+    load_before = os.getloadavg()
+    model.train()
+    for step in range(steps):
+        if cursor + BATCH_SIZE > len(permutation):
+            permutation, cursor = torch.randperm(len(train), generator=order), 0
+        batch = train[permutation[cursor : cursor + BATCH_SIZE]]
+        cursor += BATCH_SIZE
+        started = time.perf_counter()
+        model.set_training_step(step)
+        output = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        optimizer.step()
+        train_seconds += time.perf_counter() - started
+        if step % 50 == 0 or step == steps - 1:
+            train_losses.append(
+                {"step": step, "loss": float(output.loss.detach()), "arc_loss": _maybe(output.arc_loss)}
+            )
+        done = step + 1
+        if done % eval_every == 0 or done == steps:
+            metrics = _evaluate(model, test)
+            model.train()
+            curve.append({"step": done, **{k: metrics[k] for k in ("codebook_utilization", "perplexity", "psnr")}})
+            print(f"[{dataset} {preset} seed {seed}] step {done}: {_short(metrics)}", flush=True)
+    final = _evaluate(model, test)
+    codebook = model.codebook.detach().double()
+    record = {
+        "dataset": dataset,
+        "preset": preset,
+        "seed": seed,
+        "steps": steps,
+        "batch_size": BATCH_SIZE,
+        "learning_rate": LEARNING_RATE,
+        "overrides": overrides,
+        "settings": quantizer_settings(config),
+        "data_variance": variance,
+        "num_test_images": len(test),
+        "metrics": final,
+        "seconds_per_step": train_seconds / steps,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before": load_before[0],
+        "load_average_after": os.getloadavg()[0],
+        "utilization_curve": curve,
+        "train_losses": train_losses,
+        "code_norms": codebook.norm(dim=1).tolist(),
+        "nearest_code_angles": _nearest_code_angles(codebook).tolist(),
+    }
+    model.eval()
+    with torch.no_grad():
+        originals = test[:GRID_IMAGES]
+        reconstructions = model(originals, return_loss=False).reconstruction
+    arrays = {"originals": _to_uint8(originals), "reconstructions": _to_uint8(reconstructions)}
+    return record, arrays
+
+
+def _maybe(value: torch.Tensor | None) -> float | None:
+    return None if value is None else float(value.detach())
+
+
+def _short(metrics: dict[str, float]) -> str:
+    return ", ".join(
+        f"{key} {metrics[key]:.4g}" for key in ("codebook_utilization", "perplexity", "psnr", "ssim") if key in metrics
+    )
+
+
+def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    return ((pixels.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def _nearest_code_angles(codebook: torch.Tensor) -> np.ndarray:
+    """(K,) angle in degrees from each code to its nearest other code (the per-code terms of angular_dispersion)."""
+    units = torch.nn.functional.normalize(codebook, dim=1)
+    cosines = units @ units.T
+    cosines.fill_diagonal_(-2.0)
+    return torch.rad2deg(torch.acos(cosines.max(dim=1).values.clamp(-1, 1))).numpy()
+
+
+def _write_atomically(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=path.suffix + ".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def run_single(args: argparse.Namespace) -> None:
+    """Child-process entry point: train one run and write its files."""
+    overrides = parse_overrides(args.override)
+    dataset, preset, seed = args.datasets[0], args.presets[0], args.seeds[0]
+    name = run_name(dataset, preset, seed, args.steps, overrides)
+    record, arrays = train_and_evaluate(dataset, preset, seed, args.steps, overrides, args.eval_every)
+    record["name"] = name
+    _write_atomically(args.results_dir / f"{name}.npz", lambda path: np.savez_compressed(open(path, "wb"), **arrays))
+    _write_atomically(
+        args.results_dir / f"{name}.json", lambda path: Path(path).write_text(json.dumps(record, indent=1) + "\n")
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_records(results_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json"))]
+
+
+def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    array = np.asarray(values, dtype=np.float64) * scale
+    if len(array) == 1:
+        return f"{array[0]:.{digits}f}"
+    return f"{array.mean():.{digits}f} ± {array.std(ddof=1):.{digits}f}"
+
+
+def default_settings(preset: str) -> dict[str, Any]:
+    return quantizer_settings(ArcVQConfig.from_preset(preset))
+
+
+def main_table(records: list[dict[str, Any]], dataset: str, steps: int) -> list[str]:
+    """Mean ± std over seeds per preset, for runs at the current defaults of each preset."""
+    lines = [
+        "| preset | seeds | utilization % | perplexity | dead codes | angular dispersion ° | PSNR dB | SSIM | L1 "
+        "| s/step | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for preset in PRESET_ORDER:
+        runs = [
+            r
+            for r in records
+            if r["dataset"] == dataset
+            and r["preset"] == preset
+            and r["steps"] == steps
+            and r["settings"] == default_settings(preset)
+        ]
+        if not runs:
+            continue
+        metric = [r["metrics"] for r in runs]
+        lines.append(
+            f"| {preset} | {','.join(str(r['seed']) for r in sorted(runs, key=lambda r: r['seed']))} "
+            f"| {_mean_std([m['codebook_utilization'] for m in metric], 100, 1)} "
+            f"| {_mean_std([m['perplexity'] for m in metric], 1, 1)} "
+            f"| {_mean_std([m['dead_codes'] for m in metric], 1, 1)} "
+            f"| {_mean_std([m['angular_dispersion'] for m in metric], 1, 1)} "
+            f"| {_mean_std([m['psnr'] for m in metric])} "
+            f"| {_mean_std([m['ssim'] for m in metric], 1, 3)} "
+            f"| {_mean_std([m['l1'] for m in metric], 1, 4)} "
+            f"| {_mean_std([r['seconds_per_step'] for r in runs], 1, 3)} "
+            f"| {_mean_std([r['peak_rss_mb'] for r in runs], 1, 0)} |"
+        )
+    return lines
+
+
+def sweep_table(records: list[dict[str, Any]]) -> list[str]:
+    """Every arcvq run, one row each, with its SAMP settings."""
+    lines = [
+        "| data set | steps | seed | alpha | lambda | gamma0 | s | m | top_k | utilization % | perplexity "
+        "| PSNR dB | SSIM | utilization along the run (step: %) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    runs = [r for r in records if r["preset"] == "arcvq"]
+    runs.sort(key=lambda r: (r["dataset"], r["steps"], [str(r["settings"][k]) for k in SWEEP_KNOBS], r["seed"]))
+    for r in runs:
+        s, m = r["settings"], r["metrics"]
+        curve = " ".join(f"{p['step']}: {100 * p['codebook_utilization']:.0f}" for p in r["utilization_curve"])
+        lines.append(
+            f"| {r['dataset']} | {r['steps']} | {r['seed']} | {s['ball_growth_rate']:g} | {s['arc_weight_decay']:g} "
+            f"| {s['arc_weight']:g} | {s['arc_scale']:g} | {s['arc_margin']:g} | {s['arc_top_k']} "
+            f"| {100 * m['codebook_utilization']:.1f} | {m['perplexity']:.1f} | {m['psnr']:.2f} | {m['ssim']:.3f} "
+            f"| {curve} |"
+        )
+    return lines
+
+
+def write_plots(records: list[dict[str, Any]], results_dir: Path, steps: int) -> list[str]:
+    """PNG plots per data set from the seed-0 (or lowest-seed) default runs; returns Markdown image lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: list[str] = []
+    PLOTS_DIR.mkdir(parents=True, exist_ok=True)
+    for dataset in DATASETS:
+        chosen: dict[str, list[dict[str, Any]]] = {}
+        for preset in PRESET_ORDER:
+            runs = [
+                r
+                for r in records
+                if r["dataset"] == dataset
+                and r["preset"] == preset
+                and r["steps"] == steps
+                and r["settings"] == default_settings(preset)
+            ]
+            if runs:
+                chosen[preset] = sorted(runs, key=lambda r: r["seed"])
+        if not chosen:
+            continue
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for preset, runs in chosen.items():
+            steps_axis = [p["step"] for p in runs[0]["utilization_curve"]]
+            values = np.array([[p["codebook_utilization"] * 100 for p in r["utilization_curve"]] for r in runs])
+            axis.plot(steps_axis, values.mean(axis=0), marker="o", label=f"{preset} (n={len(runs)})")
+        axis.set(xlabel="optimizer step", ylabel="test codebook utilization %", title=f"{dataset}: utilization")
+        axis.grid(alpha=0.3)
+        axis.legend()
+        lines += _save(figure, f"{dataset}_utilization.png", f"{dataset}: test utilization vs step (mean over seeds)")
+        for key, label, file in (
+            ("code_norms", "code norm", "code_norms"),
+            ("nearest_code_angles", "angle to nearest other code (°)", "nearest_angles"),
+        ):
+            figure, axis = plt.subplots(figsize=(6, 4))
+            for preset, runs in chosen.items():
+                axis.hist(runs[0][key], bins=40, histtype="step", label=preset)
+            axis.set(xlabel=label, ylabel="codes", title=f"{dataset}: {label} (seed {runs[0]['seed']})")
+            axis.legend()
+            lines += _save(figure, f"{dataset}_{file}.png", f"{dataset}: histogram of {label}")
+        rows = []
+        originals = None
+        for preset, runs in chosen.items():
+            with np.load(results_dir / f"{runs[0]['name']}.npz", allow_pickle=False) as arrays:
+                originals = arrays["originals"]
+                rows.append((preset, arrays["reconstructions"]))
+        rows.insert(0, ("original", originals))
+        figure, axes = plt.subplots(len(rows), 1, figsize=(8, 0.7 * len(rows) + 0.3))
+        for axis, (label, images) in zip(np.atleast_1d(axes), rows, strict=True):
+            strip = np.concatenate(list(images.transpose(0, 2, 3, 1)), axis=1)
+            axis.imshow(strip.squeeze(-1) if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=255)
+            axis.set_yticks([])
+            axis.set_xticks([])
+            axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        lines += _save(figure, f"{dataset}_reconstructions.png", f"{dataset}: first {GRID_IMAGES} test images")
+    return lines
+
+
+def _save(figure: Any, file: str, caption: str) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    _write_atomically(PLOTS_DIR / file, lambda path: figure.savefig(path, dpi=110, format="png"))
+    plt.close(figure)
+    return [f"![{caption}](plots/{file})", ""]
+
+
+def write_report(results_dir: Path, steps: int) -> Path:
+    """Regenerate benchmarks/RESULTS.md from every result file (and speed.json from bench_speed.py)."""
+    records = load_records(results_dir)
+    lines = [
+        "# Quantizer benchmark results",
+        "",
+        "Generated by `python benchmarks/compare_quantizers.py --report-only` from the files in `benchmarks/results/`"
+        " (one JSON per run). Do not edit by hand: edit `benchmarks/NOTES.md`, which is appended below.",
+        "",
+        f"Protocol: plain PyTorch loop, Adam lr {LEARNING_RATE}, batch {BATCH_SIZE}, `model.set_training_step(step)`"
+        " before each step, MSE / data variance (variance of the [-1, 1] training pixels = var(train / 255) * 4),"
+        " the paper's VQ-VAE (hidden 128, 2 residual layers of 32, K=512, D=64, beta 0.25). Metrics from"
+        " `arcvq_hf.metrics` on the whole test split: utilization / perplexity / dead codes over all test tokens,"
+        " PSNR / SSIM / L1 per image on outputs clamped to [0, 1] in float, averaged. s/step is wall time of the"
+        " training step on a shared 2-core machine (other jobs were running: see `load_average_*` in the JSON"
+        " files), so compare s/step only through the ratios of `bench_speed.py` below. Peak RSS is the run's own"
+        " process (data, model, optimizer, evaluation).",
+        "",
+    ]
+    for dataset in DATASETS:
+        table = main_table(records, dataset, steps)
+        if len(table) > 2:
+            lines += [f"## {dataset}, {steps} steps, current defaults of each preset", "", *table, ""]
+    lines += [
+        "## Every ArcVQ run (the SAMP sweep)",
+        "",
+        "alpha = ball_growth_rate, lambda = arc_weight_decay, gamma0 = arc_weight, s = arc_scale, m = arc_margin."
+        " Utilization is on the test split at the listed steps.",
+        "",
+        *sweep_table(records),
+        "",
+    ]
+    speed_file = BENCHMARK_DIR / "speed.json"
+    if speed_file.exists():
+        lines += [
+            "## Speed and memory (benchmarks/bench_speed.py)",
+            "",
+            *speed_lines(json.loads(speed_file.read_text())),
+        ]
+    lines += ["## Plots", "", *write_plots(records, results_dir, steps)]
+    notes = BENCHMARK_DIR / "NOTES.md"
+    if notes.exists():
+        lines += ["", notes.read_text()]
+    path = BENCHMARK_DIR / "RESULTS.md"
+    _write_atomically(path, lambda tmp: Path(tmp).write_text("\n".join(lines).rstrip() + "\n"))
+    return path
+
+
+def speed_lines(speed: dict[str, Any]) -> list[str]:
+    lines = [f"Command: `{speed['command']}` ({speed['note']})", ""]
+    lines += ["| measurement | value | target |", "|---|---|---|"]
+    for row in speed["rows"]:
+        lines.append(f"| {row['what']} | {row['value']} | {row.get('target', '')} |")
+    return [*lines, ""]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--presets", nargs="+", default=list(PRESET_ORDER), choices=PRESET_ORDER)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--eval-every", type=int, default=250, help="test utilization every this many steps")
+    parser.add_argument("--override", action="append", default=[], help=f"NAME=VALUE, NAME in {SWEEP_KNOBS}")
+    parser.add_argument("--quick", action="store_true", help="one seed, 200 steps, evaluation every 100")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--report-only", action="store_true", help="only rebuild RESULTS.md and the plots")
+    parser.add_argument("--report-steps", type=int, default=None, help="budget of the main tables (default --steps)")
+    parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.steps, args.eval_every = args.seeds[:1], 200, 100
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.single:
+        run_single(args)
+        return
+    overrides = parse_overrides(args.override)
+    if not args.report_only:
+        for seed in args.seeds:
+            for dataset in args.datasets:
+                for preset in args.presets:
+                    name = run_name(dataset, preset, seed, args.steps, overrides)
+                    if (args.results_dir / f"{name}.json").exists():
+                        print(f"skip {name} (done)", flush=True)
+                        continue
+                    print(f"run {name}", flush=True)
+                    command = [
+                        sys.executable,
+                        str(Path(__file__).resolve()),
+                        "--single",
+                        "--datasets",
+                        dataset,
+                        "--presets",
+                        preset,
+                        "--seeds",
+                        str(seed),
+                        "--steps",
+                        str(args.steps),
+                        "--eval-every",
+                        str(args.eval_every),
+                        "--results-dir",
+                        str(args.results_dir),
+                        *(f"--override={item}" for item in args.override),
+                    ]
+                    subprocess.run(command, check=True)
+    print(f"wrote {write_report(args.results_dir, args.report_steps or 1500)}")
+
+
+if __name__ == "__main__":
+    main()
