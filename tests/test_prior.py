@@ -21,11 +21,13 @@ from arcvq_hf.prior import (
     bits_per_token,
     encode_images,
     from_raster_order,
+    image_grid,
     image_token_nll,
     prior_config,
     prior_settings,
     raster_order,
     sample_image_tokens,
+    save_image_atomic,
     tokenize_image_dataset,
 )
 
@@ -331,3 +333,21 @@ def test_a_tiny_prior_trains_and_its_loss_falls(tmp_path):
     after = bits_per_token(image_token_nll(prior, vocabulary, input_ids))
     assert losses[-1] < losses[0]
     assert after < before - 1.0
+
+
+def test_image_grid_places_each_image_in_its_cell_and_saves_atomically(tmp_path):
+    rows = [[PIL.Image.new("L", (4, 3), color=10 * (3 * r + c + 1)) for c in range(3)] for r in range(2)]
+    grid = image_grid(rows, padding=1, scale=2)
+    assert grid.size == (3 * (8 + 1) + 1, 2 * (6 + 1) + 1)
+    array = np.asarray(grid)
+    for r in range(2):
+        for c in range(3):
+            top, left = 1 + r * 7, 1 + c * 9
+            assert (array[top : top + 6, left : left + 8] == 10 * (3 * r + c + 1)).all()
+    assert (array[0] == 0).all() and (array[:, 0] == 0).all()
+    with pytest.raises(ValueError, match="same size"):
+        image_grid([[rows[0][0], PIL.Image.new("L", (5, 5))]])
+    path = tmp_path / "grid.png"
+    save_image_atomic(grid, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+    assert np.array_equal(np.asarray(PIL.Image.open(path)), array)
