@@ -11,10 +11,13 @@ Everything except `build_demo` / `main` is plain Python so that tests can call i
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import math
 import os
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
+from gradio.utils import get_upload_folder
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -45,6 +49,7 @@ VQ_LABEL = "VQ-VAE"
 ARCVQ_LABEL = "ArcVQ-VAE"
 DEFAULT_CHECKPOINTS = {VQ_LABEL: "vq-vae-photos", ARCVQ_LABEL: "arcvq-vae-photos"}
 CHECKPOINT_ENV_VARS = {VQ_LABEL: "VQ_CHECKPOINT", ARCVQ_LABEL: "ARCVQ_CHECKPOINT"}
+DEFAULT_PRESETS = {VQ_LABEL: "vq-baseline", ARCVQ_LABEL: "arcvq"}
 
 MAX_SIDE_RANGE = (32, 512)
 DEFAULT_MAX_SIDE = 256
@@ -151,10 +156,9 @@ def load_checkpoint(source: str) -> LoadedModel:
             folder = Path(source).expanduser()
             if not (folder / "config.json").is_file():
                 raise CheckpointError(
-                    f"Checkpoint folder not found: {folder} (no config.json there). Train and save one there with "
-                    "examples/train_arcvq.py (see the README), or set "
-                    f"{' / '.join(CHECKPOINT_ENV_VARS.values())} (or the Checkpoints boxes) to another folder or a "
-                    "Hub id."
+                    f"Checkpoint folder not found: {folder} (no config.json there). Set "
+                    f"{' / '.join(CHECKPOINT_ENV_VARS.values())} (or the Checkpoints boxes) to a save_pretrained "
+                    "folder or a Hub id."
                 )
         try:
             config_dict, _ = PretrainedConfig.get_config_dict(source)
@@ -185,8 +189,19 @@ def load_checkpoint(source: str) -> LoadedModel:
 
 
 def load_default_models() -> dict[str, LoadedModel]:
-    """The two default checkpoints (environment variables or the shipped folders), keyed by label."""
-    return {label: load_checkpoint(default_checkpoint(label)) for label in (VQ_LABEL, ARCVQ_LABEL)}
+    """The two default checkpoints (environment variables or the shipped folders), keyed by label. A missing one
+    raises CheckpointError that also says how to train it."""
+    models = {}
+    for label in (VQ_LABEL, ARCVQ_LABEL):
+        source = default_checkpoint(label)
+        try:
+            models[label] = load_checkpoint(source)
+        except CheckpointError as error:
+            raise CheckpointError(
+                f"{error} Or train it: python examples/train_arcvq.py --dataset photos --preset "
+                f"{DEFAULT_PRESETS[label]} --output_dir {source}"
+            ) from error
+    return models
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -493,32 +508,57 @@ def metrics_record(result: ComparisonResult) -> dict[str, Any]:
     }
 
 
+def write_png(image: np.ndarray, name: str) -> str:
+    """uint8 (H, W) or (H, W, 3) -> path of a lossless PNG in Gradio's upload cache, named by its content hash and
+    written atomically (temporary name, then os.replace); an existing identical file is reused.
+
+    Gradio's own array-to-file step rewrites a shared content-addressed file in place, so two requests with identical
+    outputs can serve a half-written PNG (seen with concurrent clients on the same example). Handing Gradio a
+    finished file inside its cache avoids that, and Blocks' `delete_cache` still removes it later.
+    """
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    folder = Path(get_upload_folder()) / "arcvq-space" / hashlib.sha256(data).hexdigest()
+    path = folder / f"{name}.png"
+    if path.exists():
+        os.utime(path)  # Gradio's cache clean-up ages files by ctime: this file is being handed out again
+        return str(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+    os.replace(staging, path)
+    return str(path)
+
+
 def run_demo(
     file_path: str | None, max_side: float, vq_source: str, arcvq_source: str
-) -> tuple[str, Any, Any, Any, Any, Any, str, Any, Any]:
+) -> tuple[str, str | None, str | None, str | None, str | None, str | None, str, str | None, dict | None]:
     """The UI's handler: never raises. Returns (status markdown, original, VQ reconstruction, ArcVQ reconstruction,
-    VQ token map, ArcVQ token map, metrics markdown, usage plot, metrics JSON); images are None after an error."""
+    VQ token map, ArcVQ token map, metrics markdown, usage plot, metrics record); images are PNG file paths, and
+    None after an error."""
     try:
         models = {VQ_LABEL: load_checkpoint(vq_source or ""), ARCVQ_LABEL: load_checkpoint(arcvq_source or "")}
         result = reconstruct_comparison(file_path, int(max_side), models)
+        vq, arcvq = (next(m for m in result.models if m.label == label) for label in (VQ_LABEL, ARCVQ_LABEL))
+        status = " ".join(f"ℹ️ {notice}" for notice in result.notices) or "Done."
+        return (
+            status,
+            write_png(result.original, "original"),
+            write_png(vq.reconstruction, "vq_reconstruction"),
+            write_png(arcvq.reconstruction, "arcvq_reconstruction"),
+            write_png(vq.token_map, "vq_tokens"),
+            write_png(arcvq.token_map, "arcvq_tokens"),
+            metrics_table(result),
+            write_png(render_usage_plot(result), "codebook_usage"),
+            metrics_record(result),
+        )
     except (InputImageError, CheckpointError) as error:
         return _failure(str(error))
     except Exception as error:  # the server must keep serving; the trace goes to the log, not to the user
         logger.exception("unexpected failure in run_demo")
         return _failure(f"Unexpected error ({type(error).__name__}); the details are in the server log.")
-    by_label = {model.label: model for model in result.models}
-    status = " ".join(f"ℹ️ {notice}" for notice in result.notices) or "Done."
-    return (
-        status,
-        result.original,
-        by_label[VQ_LABEL].reconstruction,
-        by_label[ARCVQ_LABEL].reconstruction,
-        by_label[VQ_LABEL].token_map,
-        by_label[ARCVQ_LABEL].token_map,
-        metrics_table(result),
-        render_usage_plot(result),
-        metrics_record(result),
-    )
 
 
 def run_on_new_file(file_path: str | None, max_side: float, vq_source: str, arcvq_source: str) -> tuple[Any, ...]:
@@ -545,7 +585,8 @@ def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
     defaults = {label: loaded.source for label, loaded in load_default_models().items()}
     choices = list(dict.fromkeys([*defaults.values(), *local_checkpoint_choices()]))
     examples = [[str(path)] for path in sorted(EXAMPLES_DIR.glob("*.png"))]
-    with gr.Blocks(title="ArcVQ-VAE vs VQ-VAE", analytics_enabled=False) as demo:
+    # Result PNGs are removed from the cache an hour after they were last handed out.
+    with gr.Blocks(title="ArcVQ-VAE vs VQ-VAE", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# ArcVQ-VAE vs plain VQ-VAE\n"
             "Upload an image: both tokenizers encode it to discrete codes and decode it back. The reconstructions are "
@@ -589,7 +630,6 @@ def build_demo(concurrency_limit: int = 4) -> gr.Blocks:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
     try:
         demo = build_demo()
     except CheckpointError as error:

@@ -296,7 +296,9 @@ def test_jpeg_draft_decodes_a_large_jpeg_at_reduced_scale(tmp_path):
 def test_startup_names_a_missing_checkpoint(monkeypatch, tmp_path):
     missing = tmp_path / "nowhere" / "arcvq-vae-photos"
     monkeypatch.setenv("ARCVQ_CHECKPOINT", str(missing))
-    with pytest.raises(SystemExit, match=re.escape(f"Checkpoint folder not found: {missing}") + ".*ARCVQ_CHECKPOINT"):
+    with pytest.raises(
+        SystemExit, match=re.escape(f"Checkpoint folder not found: {missing}") + ".*ARCVQ_CHECKPOINT.*--preset arcvq"
+    ):
         app.main()
 
 
