@@ -136,6 +136,8 @@ def _looks_like_local_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1 or Path(source).exists()
 
 
+# Loaded checkpoints by source, oldest first; bounded because the UI accepts any folder or Hub id.
+MAX_LOADED_CHECKPOINTS = 6
 _model_cache: dict[str, LoadedModel] = {}
 _model_cache_lock = threading.Lock()
 
@@ -184,6 +186,8 @@ def load_checkpoint(source: str) -> LoadedModel:
             image_std=saved_processor.get("image_std"),
         )
         loaded = LoadedModel(source=source, model=model, processor=processor)
+        while len(_model_cache) >= MAX_LOADED_CHECKPOINTS:
+            del _model_cache[next(iter(_model_cache))]
         _model_cache[source] = loaded
         return loaded
 
@@ -245,11 +249,16 @@ def load_image(
             raise InputImageError("No image: upload a picture (PNG, JPEG, ...) or pick one of the examples.")
         name = Path(source).name
         image = _open_header(source, name, max_input_pixels)
+
+    def refuse(message: str) -> InputImageError:
+        if image is not source:  # release the file handle of an image opened here
+            image.close()
+        return InputImageError(message)
+
     file_size = image.size
     target_size = _fit_within(*file_size, max_side)
     if min(target_size) < MIN_SIDE:
-        image.close()
-        raise InputImageError(
+        raise refuse(
             f"{name} is {file_size[0]}x{file_size[1]} pixels; at a maximum side of {max_side} px it would be "
             f"{target_size[0]}x{target_size[1]}, but both sides must be at least {MIN_SIDE} px. Use a larger image "
             "(or, for a thin strip, a larger maximum side)."
@@ -257,8 +266,7 @@ def load_image(
     if image.format == "JPEG" and file_size[0] * file_size[1] > max_input_pixels:
         image.draft(image.mode, target_size)
     if image.size[0] * image.size[1] > max_input_pixels:
-        image.close()
-        raise InputImageError(
+        raise refuse(
             f"{name} is {file_size[0]}x{file_size[1]} pixels ({file_size[0] * file_size[1] / 1e6:.1f} MP); this "
             f"demo accepts up to {max_input_pixels / 1e6:.0f} MP. Downscale it first."
         )
@@ -266,8 +274,7 @@ def load_image(
         image.load()
         image = PIL.ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError) as error:
-        image.close()
-        raise InputImageError(f"{name} could not be decoded (truncated or corrupt file: {error}).") from error
+        raise refuse(f"{name} could not be decoded (truncated or corrupt file: {error}).") from error
     if image.size != file_size:  # EXIF rotation by 90 degrees swaps the sides
         target_size = _fit_within(image.size[0], image.size[1], max_side)
     factor = min(image.size[0] // (2 * target_size[0]), image.size[1] // (2 * target_size[1]))
@@ -365,7 +372,16 @@ def reconstruct_comparison(
     downsampling factor, quantise to uint8 (the `original`), and run every model on exactly those pixels.
 
     PSNR / SSIM compare the uint8 reconstruction with the uint8 original, i.e. exactly the PNGs the UI shows.
-    Raises InputImageError for unusable input (message meant for the user).
+
+    Args:
+        image: a file path or a PIL image.
+        max_side: longest side after resizing, within MAX_SIDE_RANGE; smaller images are not enlarged.
+        models: label -> LoadedModel; all must take the same number of channels.
+    Returns:
+        ComparisonResult: `original` uint8 (H, W, 3) or (H, W) and, per model, the reconstruction of that shape,
+        image_tokens (H / f, W / f), the token map (H, W, 3), PSNR, SSIM and codebook usage.
+    Raises:
+        InputImageError for unusable input (the message is meant for the user).
     """
     if not models:
         raise ValueError("reconstruct_comparison needs at least one model.")

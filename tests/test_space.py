@@ -365,3 +365,12 @@ def test_a_folder_that_is_not_an_arcvq_checkpoint_is_refused(tmp_path):
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(app.CheckpointError, match="is a 'bert' checkpoint, not an ArcVQ one"):
         app.load_checkpoint(str(folder))
+
+
+def test_loaded_checkpoints_are_bounded(monkeypatch, tmp_path):
+    monkeypatch.setattr(app, "MAX_LOADED_CHECKPOINTS", 2)
+    folders = [_tiny_checkpoint(tmp_path / f"tiny-{index}", "arcvq", 3) for index in range(3)]
+    loaded = [app.load_checkpoint(folder) for folder in folders]
+    assert list(app._model_cache) == folders[1:]
+    assert app.load_checkpoint(folders[2]) is loaded[2]
+    assert app.load_checkpoint(folders[0]) is not loaded[0]  # evicted, loaded again
