@@ -144,7 +144,13 @@ def train_and_evaluate(
         train_seconds += time.perf_counter() - started
         if step % 50 == 0 or step == steps - 1:
             train_losses.append(
-                {"step": step, "loss": float(output.loss.detach()), "arc_loss": _maybe(output.arc_loss)}
+                {
+                    "step": step,
+                    "loss": float(output.loss.detach()),
+                    "reconstruction_loss": float(output.reconstruction_loss.detach()),
+                    "quantization_loss": float(output.quantization_loss.detach()),
+                    "arc_loss": _maybe(output.arc_loss),
+                }
             )
         done = step + 1
         if done % eval_every == 0 or done == steps:
