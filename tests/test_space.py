@@ -90,10 +90,10 @@ def _save(image: PIL.Image.Image, path: Path) -> Path:
 
 
 def _assert_still_serving(client: Client, tmp_path: Path, sources: tuple[str, str]) -> None:
-    small = _save(PIL.Image.fromarray(skimage_data.astronaut()[::8, ::8]), tmp_path / "still_serving.png")
-    result = _call(client, small, 64, sources)
-    assert result["original"].shape == (64, 64, 3)
-    assert result["vq"].shape == (64, 64, 3)
+    small = _save(PIL.Image.fromarray(skimage_data.astronaut()[::16, ::16]), tmp_path / "still_serving.png")
+    result = _call(client, small, 32, sources)
+    assert result["original"].shape == (32, 32, 3)
+    assert result["vq"].shape == (32, 32, 3)
 
 
 def _skimage_metrics(reconstruction: np.ndarray, original: np.ndarray) -> tuple[float, float]:
@@ -162,7 +162,7 @@ def _png_bytes(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
-def _photo_crop(size: int = 64) -> np.ndarray:
+def _photo_crop(size: int = 32) -> np.ndarray:
     return skimage_data.chelsea()[100 : 100 + size, 150 : 150 + size]
 
 
@@ -207,24 +207,24 @@ def test_refused_inputs_give_a_message_and_the_server_keeps_serving(client, sour
 
 
 def test_grayscale_image(client, sources, tmp_path):
-    grey = skimage_data.camera()[200:264, 200:264]
+    grey = skimage_data.camera()[200:232, 200:232]
     result = _call(client, _save(PIL.Image.fromarray(grey, mode="L"), tmp_path / "grey.png"), 256, sources)
     assert "Grey image" in result["status"]
-    assert result["original"].shape == (64, 64, 3)
+    assert result["original"].shape == (32, 32, 3)
     np.testing.assert_array_equal(result["original"], np.repeat(grey[..., None], 3, axis=2))
-    assert result["vq"].shape == result["arcvq"].shape == (64, 64, 3)
+    assert result["vq"].shape == result["arcvq"].shape == (32, 32, 3)
 
 
 def test_rgba_image_is_composited_on_white(client, sources, tmp_path):
     rgb = _photo_crop()
-    alpha = np.zeros((64, 64), dtype=np.uint8)
-    alpha[:, 32:] = 255
+    alpha = np.zeros((32, 32), dtype=np.uint8)
+    alpha[:, 16:] = 255
     path = _save(PIL.Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA"), tmp_path / "rgba.png")
     result = _call(client, path, 256, sources)
     assert "Transparency composited on white" in result["status"]
-    np.testing.assert_array_equal(result["original"][:, :32], 255)
-    np.testing.assert_array_equal(result["original"][:, 32:], rgb[:, 32:])
-    assert result["arcvq"].shape == (64, 64, 3)
+    np.testing.assert_array_equal(result["original"][:, :16], 255)
+    np.testing.assert_array_equal(result["original"][:, 16:], rgb[:, 16:])
+    assert result["arcvq"].shape == (32, 32, 3)
 
 
 def test_palette_image(client, sources, tmp_path):
@@ -232,27 +232,27 @@ def test_palette_image(client, sources, tmp_path):
     result = _call(client, _save(palette_image, tmp_path / "palette.png"), 256, sources)
     assert "Palette image converted to colour" in result["status"]
     np.testing.assert_array_equal(result["original"], np.asarray(palette_image.convert("RGB")))
-    assert result["vq"].shape == (64, 64, 3)
+    assert result["vq"].shape == (32, 32, 3)
 
 
 def test_16_bit_image(client, sources, tmp_path):
-    values = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    values = np.linspace(0, 65535, 32 * 24).reshape(24, 32).astype(np.uint16)
     path = _save(PIL.Image.fromarray(values), tmp_path / "deep.png")
     assert PIL.Image.open(path).mode.startswith("I")
     result = _call(client, path, 256, sources)
     assert "16-bit image scaled to 8 bits" in result["status"]
     expected = np.round(values.astype(np.float64) / 65535.0 * 255.0).astype(np.uint8)
     assert np.abs(result["original"][..., 0].astype(int) - expected).max() <= 1
-    assert result["arcvq"].shape == (48, 64, 3)
+    assert result["arcvq"].shape == (24, 32, 3)
 
 
 def test_size_not_divisible_by_the_downsampling_factor(client, sources, tmp_path):
-    rgb = skimage_data.astronaut()[100:145, 200:270]  # 70 wide, 45 high
+    rgb = skimage_data.astronaut()[100:121, 200:234]  # 34 wide, 21 high
     result = _call(client, _save(PIL.Image.fromarray(rgb), tmp_path / "odd.png"), 256, sources)
-    assert "Centre-cropped 70x45 to 68x44" in result["status"]
+    assert "Centre-cropped 34x21 to 32x20" in result["status"]
     # crop starts at remainder // 2: 1 column, 0 rows
-    np.testing.assert_array_equal(result["original"], rgb[0:44, 1:69])
-    assert result["vq"].shape == result["arcvq"].shape == (44, 68, 3)
+    np.testing.assert_array_equal(result["original"], rgb[0:20, 1:33])
+    assert result["vq"].shape == result["arcvq"].shape == (20, 32, 3)
 
 
 def test_missing_checkpoint_is_named(client, sources, tmp_path):
@@ -265,12 +265,12 @@ def test_missing_checkpoint_is_named(client, sources, tmp_path):
 
 
 def test_sixteen_concurrent_clients(server_url, client, sources, tmp_path):
-    small = skimage_data.astronaut()[::4, ::4]  # 128x128
-    photos = [_save(PIL.Image.fromarray(small[:, 8 * k :]), tmp_path / f"{k}.png") for k in range(4)]
-    expected = [_call(client, photo, 96, sources) for photo in photos]
+    small = skimage_data.astronaut()[::16, ::16]  # 32x32
+    photos = [_save(PIL.Image.fromarray(small[:, 2 * k :]), tmp_path / f"{k}.png") for k in range(4)]
+    expected = [_call(client, photo, 32, sources) for photo in photos]
 
     def one_client(index: int) -> dict:
-        return _call(Client(server_url, verbose=False), photos[index % 4], 96, sources)
+        return _call(Client(server_url, verbose=False), photos[index % 4], 32, sources)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(one_client, range(16)))
