@@ -29,7 +29,6 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 from gradio.utils import get_upload_folder
-from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from transformers import PretrainedConfig
@@ -351,11 +350,14 @@ _palettes: dict[int, np.ndarray] = {}
 
 
 def token_palette(codebook_size: int) -> np.ndarray:
-    """(K, 3) uint8: a fixed colour per code id, turbo colours in a fixed shuffled order so neighbouring ids differ."""
+    """(K, 3) uint8: K distinct colours, a fixed shuffle of an even RGB grid (so neighbouring ids look different)."""
     if codebook_size not in _palettes:
-        colours = colormaps["turbo"](np.linspace(0.0, 1.0, codebook_size))[:, :3]
-        order = np.random.RandomState(0).permutation(codebook_size)
-        _palettes[codebook_size] = np.round(colours[order] * 255.0).astype(np.uint8)
+        levels_per_channel = 1
+        while levels_per_channel**3 < codebook_size:
+            levels_per_channel += 1
+        levels = np.linspace(40, 255, levels_per_channel).round().astype(np.uint8)
+        grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+        _palettes[codebook_size] = grid[np.random.RandomState(0).permutation(len(grid))[:codebook_size]]
     return _palettes[codebook_size]
 
 
