@@ -55,6 +55,8 @@ DEFAULT_MAX_SIDE = 256
 # Images are refused above this many pixels, checked from the header before any pixel is decoded (JPEGs are first
 # asked for a reduced-scale decode, see `load_image`). 40 MP is above any phone camera and bounds memory per request.
 MAX_INPUT_PIXELS = 40_000_000
+# Uploads above this many bytes are refused by Gradio before they reach the app.
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 # SSIM uses an 11x11 Gaussian window, so both sides of the compared image must hold at least that; 16 keeps a margin.
 MIN_SIDE = 16
 # Modes that PIL's integer box `reduce` supports; others (P, 1, I;16) go straight to the float resize.
@@ -652,7 +654,12 @@ def main() -> None:
         demo = build_demo()
     except CheckpointError as error:
         sys.exit(f"arcvq space: {error}")
-    demo.launch(server_name="127.0.0.1", server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), share=False)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        share=False,
+        max_file_size=MAX_UPLOAD_BYTES,
+    )
 
 
 if __name__ == "__main__":

@@ -374,3 +374,19 @@ def test_loaded_checkpoints_are_bounded(monkeypatch, tmp_path):
     assert list(app._model_cache) == folders[1:]
     assert app.load_checkpoint(folders[2]) is loaded[2]
     assert app.load_checkpoint(folders[0]) is not loaded[0]  # evicted, loaded again
+
+
+def test_an_offline_hub_id_gives_a_message():
+    with pytest.raises(app.CheckpointError, match="Cannot read the checkpoint 'someone/arcvq-model' as a Hugging Face"):
+        app.load_checkpoint("someone/arcvq-model")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    rgb = skimage_data.astronaut()[:32, :48]
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.png"
+    PIL.Image.fromarray(rgb).save(path, exif=exif)
+    decoded = app.load_image(path, max_side=256)
+    assert decoded.target_size == (32, 48)
+    np.testing.assert_array_equal(np.asarray(decoded.image), np.rot90(rgb, k=-1))
