@@ -79,8 +79,7 @@ def _call(client: Client, path: Path | str, max_side: int, sources: tuple[str, s
         if result[name] is not None:
             assert result[name].endswith(".png"), result[name]
             result[name] = np.asarray(PIL.Image.open(result[name]))
-    if isinstance(result["record"], str):
-        result["record"] = json.loads(result["record"])
+    assert isinstance(result["record"], dict | None)
     return result
 
 
