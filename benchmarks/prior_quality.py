@@ -46,6 +46,11 @@ def unigram_bits_per_token(train_tokens: torch.Tensor, test_tokens: torch.Tensor
     return float(-log_probabilities[test_tokens.flatten()].mean())
 
 
+def codes_used(image_tokens: torch.Tensor, codebook_size: int) -> int:
+    """How many distinct codes occur in `image_tokens`."""
+    return codebook_size - CodebookUsage(codebook_size).update(image_tokens).dead_codes
+
+
 @torch.no_grad()
 def evaluate_prior(
     prior_path: str, classifier: torch.nn.Module, samples_per_class: int, sampling: dict, cache_dir: str
@@ -60,7 +65,8 @@ def evaluate_prior(
     test_tokens = torch.tensor(tokens["test"]["image_tokens"])
     test_ids = ImageTokenCollator(vocabulary)(list(tokens["test"]))["input_ids"]
     test_bits = bits_per_token(image_token_nll(prior, vocabulary, test_ids))
-    test_codes_used = vocabulary.codebook_size - CodebookUsage(vocabulary.codebook_size).update(test_tokens).dead_codes
+    train_codes_used = codes_used(train_tokens, vocabulary.codebook_size)
+    test_codes_used = codes_used(test_tokens, vocabulary.codebook_size)
 
     _, test_pixels, _, test_labels = mnist_arrays()
     test_labels = torch.from_numpy(np.asarray(test_labels))
@@ -77,7 +83,6 @@ def evaluate_prior(
     samples = tokenizer.decode(grids).clamp(-1, 1)
     predicted = predict_digits(classifier, samples)
     per_class = [float((predicted[labels == c] == c).float().mean()) for c in range(vocabulary.num_classes)]
-    sample_usage = CodebookUsage(vocabulary.codebook_size).update(grids)
     return {
         "prior": prior_path,
         "tokenizer": tokenizer_path,
@@ -85,9 +90,10 @@ def evaluate_prior(
         "test_bits_per_token": test_bits,
         "test_bits_per_image": test_bits * latent_shape[0] * latent_shape[1],
         "unigram_bits_per_token": unigram_bits_per_token(train_tokens, test_tokens, vocabulary.codebook_size),
+        "train_codes_used": train_codes_used,
         "test_codes_used": test_codes_used,
         "log2_test_codes_used": math.log2(test_codes_used),
-        "sample_codes_used": vocabulary.codebook_size - sample_usage.dead_codes,
+        "sample_codes_used": codes_used(grids, vocabulary.codebook_size),
         "sample_accuracy": float((predicted == labels).float().mean()),
         "sample_accuracy_per_class": per_class,
         "reconstruction_accuracy": reconstruction_accuracy,
@@ -101,14 +107,15 @@ def evaluate_prior(
 def markdown_table(results: dict[str, dict]) -> str:
     lines = [
         "| tokens | prior test NLL (bits/token) | unigram baseline (bits/token) | log2(codes used on test) "
-        "| sample class accuracy | classifier on tokenizer reconstructions | codes used by samples |",
+        "| sample class accuracy | classifier on tokenizer reconstructions | codes used: train / test / samples |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {r['test_bits_per_token']:.3f} | {r['unigram_bits_per_token']:.3f} "
-            f"| {r['log2_test_codes_used']:.2f} ({r['test_codes_used']}) | {100 * r['sample_accuracy']:.1f} % "
-            f"| {100 * r['reconstruction_accuracy']:.1f} % | {r['sample_codes_used']} |"
+            f"| {r['log2_test_codes_used']:.2f} | {100 * r['sample_accuracy']:.1f} % "
+            f"| {100 * r['reconstruction_accuracy']:.1f} % "
+            f"| {r['train_codes_used']} / {r['test_codes_used']} / {r['sample_codes_used']} |"
         )
     return "\n".join(lines)
 
