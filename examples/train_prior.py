@@ -17,10 +17,11 @@ import math
 import os
 
 import torch
+from datasets import ClassLabel
 from transformers import GPT2LMHeadModel, Trainer, TrainingArguments, set_seed
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.data import load_image_dataset
+from arcvq_hf.data import load_image_dataset, train_eval_splits
 from arcvq_hf.prior import (
     ImageTokenCollator,
     ImageTokenVocabulary,
@@ -59,19 +60,26 @@ def main() -> None:
     set_seed(args.seed)
     tokenizer = ArcVQModel.from_pretrained(args.tokenizer).eval()
     processor = ArcVQImageProcessor.from_pretrained(args.tokenizer)
-    dataset = load_image_dataset(args.dataset)
+    train_images, test_images = train_eval_splits(load_image_dataset(args.dataset))
+    splits = {"train": train_images, "test": test_images}
     tokens = {
-        split: tokenize_image_dataset(dataset[split], tokenizer, processor, cache_dir=args.cache_dir)
-        for split in ("train", "test")
+        split: tokenize_image_dataset(images, tokenizer, processor, cache_dir=args.cache_dir)
+        for split, images in splits.items()
     }
-    sequence_length = len(tokens["train"][0]["image_tokens"])
     with torch.no_grad():
-        first = processor(dataset["train"][0]["image"], return_tensors="pt")["pixel_values"]
+        first = processor(train_images[0]["image"], return_tensors="pt")["pixel_values"]
         latent_shape = tuple(tokenizer.encode(first).image_tokens.shape[1:])
-    if latent_shape[0] * latent_shape[1] != sequence_length:
-        raise ValueError(f"latent shape {latent_shape} does not match {sequence_length} tokens per image.")
+    sequence_length = latent_shape[0] * latent_shape[1]
+    if any(len(row) != sequence_length for row in tokens["train"]["image_tokens"]):
+        raise ValueError(f"every image must give {latent_shape} tokens; resize the images to one size first.")
 
-    num_classes = 0 if args.unconditional else dataset["train"].features["label"].num_classes
+    label_feature = train_images.features.get("label")
+    if args.unconditional:
+        num_classes = 0
+    elif isinstance(label_feature, ClassLabel):
+        num_classes = label_feature.num_classes
+    else:
+        raise ValueError("class conditioning needs a `label` column of type ClassLabel; or pass --unconditional.")
     vocabulary = ImageTokenVocabulary(codebook_size=tokenizer.config.codebook_size, num_classes=num_classes)
     config = prior_config(
         vocabulary,

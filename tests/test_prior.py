@@ -3,13 +3,17 @@ that a tiny GPT-2 prior learns. Everything uses tiny random models; nothing depe
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from datasets import Dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
 
 import arcvq_hf.prior as prior_module
@@ -351,3 +355,47 @@ def test_image_grid_places_each_image_in_its_cell_and_saves_atomically(tmp_path)
     save_image_atomic(grid, path)
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
     assert np.array_equal(np.asarray(PIL.Image.open(path)), array)
+
+
+def run_example(name: str, arguments: list[str], monkeypatch) -> None:
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [str(path), *arguments])
+    module.main()
+
+
+def test_train_prior_and_generate_examples_end_to_end(tmp_path, monkeypatch):
+    tokenizer_dir, data_dir, prior_dir = tmp_path / "tokenizer", tmp_path / "data", tmp_path / "prior"
+    tiny_tokenizer().save_pretrained(tokenizer_dir)
+    ArcVQImageProcessor(num_channels=1).save_pretrained(tokenizer_dir)
+    images, labels = digit_like_images(24)
+    features = Features({"image": Image(), "label": ClassLabel(names=["top", "middle", "bottom"])})
+    DatasetDict(
+        train=Dataset.from_dict({"image": images[:18], "label": labels[:18]}, features=features),
+        test=Dataset.from_dict({"image": images[18:], "label": labels[18:]}, features=features),
+    ).save_to_disk(data_dir)
+    run_example(
+        "train_prior",
+        ["--tokenizer", str(tokenizer_dir), "--dataset", str(data_dir), "--output_dir", str(prior_dir),
+         "--cache_dir", str(tmp_path / "cache"), "--max_steps", "2", "--batch_size", "6",
+         "--n_layer", "1", "--n_embd", "32", "--n_head", "2"],
+        monkeypatch,
+    )  # fmt: skip
+    summary = json.loads((prior_dir / "prior_summary.json").read_text())
+    assert summary["test_bits_per_token"] > 0 and summary["uniform_bits_per_token"] == math.log2(CODEBOOK_SIZE)
+    prior = GPT2LMHeadModel.from_pretrained(prior_dir)
+    assert prior_settings(prior.config) == (ImageTokenVocabulary(CODEBOOK_SIZE, 3), (3, 3), str(tokenizer_dir))
+    assert len(list((tmp_path / "cache").glob("image-tokens-*.arrow"))) == 2
+
+    output = tmp_path / "samples.png"
+    run_example(
+        "generate",
+        ["--prior", str(prior_dir), "--output", str(output), "--samples_per_class", "4", "--scale", "1",
+         "--top_k", "8", "--temperature", "0.8"],
+        monkeypatch,
+    )  # fmt: skip
+    grid = PIL.Image.open(output)
+    # one row per class, 4 samples per row, 12x12 images with 2-pixel gaps
+    assert grid.size == (4 * (12 + 2) + 2, 3 * (12 + 2) + 2)
