@@ -245,9 +245,11 @@ def _check_in_range(values: torch.Tensor, allowed: range, what: str) -> None:
 class ImageTokenLogitsProcessor(LogitsProcessor):
     """Masks the logits so that each generated position can only take the token kind it allows.
 
-    With a [BOS, class] prompt, positions prefix_length ... prefix_length + L - 1 admit only image tokens and any
-    later position only PAD, so `generate(..., max_new_tokens=L)` always returns a decodable image. `generate()`
-    applies custom processors before temperature / top-k / top-p, so sampling never picks a masked token.
+    The position of the next token is the length of `input_ids`, so prompts must be the unpadded prefix
+    ([`ImageTokenVocabulary.prompt_ids`]). With a [BOS, class] prompt, positions prefix_length ...
+    prefix_length + L - 1 admit only image tokens and any later position only PAD, so
+    `generate(..., max_new_tokens=L)` always returns a decodable image. `generate()` applies custom processors
+    before temperature / top-k / top-p, so sampling never picks a masked token.
 
     Args:
         vocabulary: the token layout.
@@ -284,7 +286,7 @@ def tokenizer_fingerprint(model: torch.nn.Module, image_processor: Any) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     config = getattr(model, "config", None)
     if config is not None:
         digest.update(config.to_json_string(use_diff=False).encode())
@@ -312,7 +314,7 @@ def tokenize_image_dataset(
     batch_size: int = 256,
 ) -> Dataset:
     """Encode every image of `dataset` once: returns the data set with `image_column` replaced by `image_tokens`
-    (a list of h * w raster code ids per row); the other columns (e.g. `label`) stay.
+    (a list of h * w raster code ids per row); the other columns (e.g. `label`) stay. Puts `model` in eval mode.
 
     With `cache_dir`, the result is an Arrow file named after the data set's fingerprint and the tokenizer's
     [`tokenizer_fingerprint`]; a later call with the same data and the same tokenizer loads it instead of encoding.
