@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,6 @@ from arcvq_hf.data import mnist_arrays
 from arcvq_hf.quantization import arc_margin_loss, dense_arc_margin_loss
 
 BENCHMARK_DIR = Path(__file__).resolve().parent
-THREADS = 2
 # The authors' release on these machines (shared/TARGETS.md).
 AUTHORS_ARC_LOSS_LARGE_SECONDS = 2.19
 AUTHORS_STEP_SECONDS = 0.362
@@ -93,9 +93,9 @@ def time_arc_loss(num_codes: int, num_latents: int, dim: int, repeats: int) -> l
     return seconds[1:]
 
 
-def memory_child(variant: str, output: str) -> None:
+def memory_child(variant: str, output: str, threads: int) -> None:
     """Subprocess body: one forward + backward at K=16384, D=16, N=8192; write value, gradient, peak growth."""
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(0)
     latents = (torch.randn(8192, 16, generator=generator) * 3).requires_grad_()
     codebook = torch.randn(16384, 16, generator=generator)
@@ -119,12 +119,14 @@ def memory_child(variant: str, output: str) -> None:
     np.savez(output, loss=loss.detach().numpy(), grad=latents.grad.numpy(), extra_mb=extra, seconds=np.array(timings))
 
 
-def measure_large_arc_loss() -> dict[str, Any]:
+def measure_large_arc_loss(threads: int) -> dict[str, Any]:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         for variant in ("chunked", "dense"):
             output = os.path.join(folder, f"{variant}.npz")
-            subprocess.run([sys.executable, __file__, "--memory-child", variant, output], check=True)
+            subprocess.run(
+                [sys.executable, __file__, "--memory-child", variant, output, "--threads", str(threads)], check=True
+            )
             with np.load(output, allow_pickle=False) as arrays:
                 results[variant] = {key: arrays[key] for key in arrays.files}
     chunked, dense = results["chunked"], results["dense"]
@@ -145,18 +147,19 @@ def measure_large_arc_loss() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15, help="interleaved training-step samples per preset")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is steadier on a loaded machine)")
     parser.add_argument("--output", type=Path, default=BENCHMARK_DIR / "speed.json")
     parser.add_argument("--memory-child", nargs=2, metavar=("VARIANT", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
-        memory_child(*args.memory_child)
+        memory_child(*args.memory_child, args.threads)
         return
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     steps = time_training_steps(args.rounds)
     median = {preset: statistics.median(values) for preset, values in steps.items()}
     small = time_arc_loss(512, 12544, 64, repeats=10)
-    large = measure_large_arc_loss()
+    large = measure_large_arc_loss(args.threads)
     load_after = os.getloadavg()[0]
     rows = [
         {
@@ -203,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         },
     ]
     record = {
-        "command": "python benchmarks/bench_speed.py",
-        "note": f"{THREADS} torch threads; load average {load_before:.1f} before, {load_after:.1f} after "
+        "command": shlex.join(["python", "benchmarks/bench_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        "note": f"{args.threads} torch threads; load average {load_before:.1f} before, {load_after:.1f} after "
         f"(a shared 2-core machine: absolute seconds include other jobs' load, ratios much less so)",
         "rows": rows,
         "training_step_seconds": steps,
