@@ -384,7 +384,10 @@ def _save(figure: Any, file: str, caption: str) -> list[str]:
 
 
 def write_report(results_dir: Path, steps: int) -> Path:
-    """Regenerate benchmarks/RESULTS.md from every result file (and speed.json from bench_speed.py)."""
+    """Regenerate benchmarks/RESULTS.md from every result file (and speed.json from bench_speed.py).
+
+    Main tables: one per data set and budget, for runs at the current defaults of their preset. Plots: runs of
+    `steps` steps (falling back to the largest budget with runs of several presets)."""
     records = load_records(results_dir)
     lines = [
         "# Quantizer benchmark results",
@@ -402,10 +405,12 @@ def write_report(results_dir: Path, steps: int) -> Path:
         " process (data, model, optimizer, evaluation).",
         "",
     ]
+    budgets = sorted({r["steps"] for r in records if r["settings"] == default_settings(r["preset"])}, reverse=True)
     for dataset in DATASETS:
-        table = main_table(records, dataset, steps)
-        if len(table) > 2:
-            lines += [f"## {dataset}, {steps} steps, current defaults of each preset", "", *table, ""]
+        for budget in budgets:
+            table = main_table(records, dataset, budget)
+            if len(table) > 2:
+                lines += [f"## {dataset}, {budget} steps, current defaults of each preset", "", *table, ""]
     lines += [
         "## Every ArcVQ run (the SAMP sweep)",
         "",
@@ -422,13 +427,25 @@ def write_report(results_dir: Path, steps: int) -> Path:
             "",
             *speed_lines(json.loads(speed_file.read_text())),
         ]
-    lines += ["## Plots", "", *write_plots(records, results_dir, steps)]
+    lines += ["## Plots", "", *write_plots(records, results_dir, _plot_budget(records, steps))]
     notes = BENCHMARK_DIR / "NOTES.md"
     if notes.exists():
         lines += ["", notes.read_text()]
     path = BENCHMARK_DIR / "RESULTS.md"
     _write_atomically(path, lambda tmp: Path(tmp).write_text("\n".join(lines).rstrip() + "\n"))
     return path
+
+
+def _plot_budget(records: list[dict[str, Any]], steps: int) -> int:
+    """`steps` if at least two presets have default runs at that budget, else the largest budget that has."""
+    presets_per_budget: dict[int, set[str]] = {}
+    for r in records:
+        if r["settings"] == default_settings(r["preset"]):
+            presets_per_budget.setdefault(r["steps"], set()).add(r["preset"])
+    if len(presets_per_budget.get(steps, ())) >= 2:
+        return steps
+    candidates = [budget for budget, presets in presets_per_budget.items() if len(presets) >= 2]
+    return max(candidates, default=steps)
 
 
 def speed_lines(speed: dict[str, Any]) -> list[str]:
