@@ -158,26 +158,27 @@ def _top_k_per_row(scores: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torc
 
 def _chunk_loss_and_cosine_gradient(
     code_chunk: torch.Tensor, latents: torch.Tensor, top_k: int, scale: float, margin: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-code arc loss of one block of codes against all latents, and its gradient with respect to the cosines.
 
-    Only one (k, N) matrix exists: the cosines, overwritten in place by the shifted exponentials and then by the
-    gradient of the non-positive entries. Every row is shifted by s * (its largest cosine), an upper bound of its
-    logits, so no exponential overflows and the largest term is at least exp(-s * m).
+    Only one (k, N) matrix exists: the logits s * cos, overwritten in place by their shifted exponentials. Every
+    row is shifted by its largest logit, so no exponential overflows and the largest term is at least exp(-s * m).
 
     Returns:
         losses (k,): log sum_i exp(l_ji) - log sum_{i in P_j} exp(l_ji).
-        dense_gradient (k, N): d losses_j / d cos_ji for the non-positives, zero at the positives.
+        exponentials (k, N): exp(s * cos_ji - shift_j), zero at the positives.
+        row_scale (k,): d losses_j / d cos_ji = row_scale_j * exponentials_ji for every non-positive i.
         positive_indices (k, top_k): P_j.
         positive_gradient (k, top_k): d losses_j / d cos_ji at the positives.
     """
-    cosines = code_chunk @ latents.T
-    positive_cosines, positive_indices = _top_k_per_row(cosines, top_k)
-    # exp(s * cos - s * max cos), with the positives (which carry the margin instead) zeroed.
-    shift = positive_cosines[:, :1]
-    exponentials = cosines.sub_(shift).mul_(scale).exp_()
+    logits = (code_chunk * scale) @ latents.T
+    top_logits, positive_indices = _top_k_per_row(logits, top_k)
+    shift = top_logits[:, :1]
+    # The positives' cosines, recomputed exactly from the vectors (top_k per code: cheap, and no division by s).
+    positive_cosines = (code_chunk[:, None, :] * latents[positive_indices]).sum(dim=2)
+    exponentials = logits.sub_(shift).exp_()
     exponentials.scatter_(1, positive_indices, 0.0)
-    positive_exponentials = (_margin_logits(positive_cosines, scale, margin) - scale * shift).exp()
+    positive_exponentials = (_margin_logits(positive_cosines, scale, margin) - shift).exp()
     positive_sum = positive_exponentials.sum(dim=1)
     total_sum = exponentials.sum(dim=1) + positive_sum
     losses = total_sum.log() - positive_sum.log()
@@ -185,8 +186,7 @@ def _chunk_loss_and_cosine_gradient(
     positive_gradient = (
         positive_exponentials / total_sum[:, None] - positive_exponentials / positive_sum[:, None]
     ) * _margin_logit_slope(positive_cosines, scale, margin)
-    dense_gradient = exponentials.mul_((scale / total_sum)[:, None])
-    return losses, dense_gradient, positive_indices, positive_gradient
+    return losses, exponentials, scale / total_sum, positive_indices, positive_gradient
 
 
 class _ChunkedArcMarginLoss(torch.autograd.Function):
@@ -200,13 +200,14 @@ class _ChunkedArcMarginLoss(torch.autograd.Function):
         total = latents.new_zeros((), dtype=torch.float32)
         grad_latents = torch.zeros_like(latents) if needs_gradient else None
         for code_chunk in codes.split(rows):
-            losses, dense_gradient, positive_indices, positive_gradient = _chunk_loss_and_cosine_gradient(
+            losses, exponentials, row_scale, positive_indices, positive_gradient = _chunk_loss_and_cosine_gradient(
                 code_chunk, latents, top_k, scale, margin
             )
             total = total + losses.sum()
             if needs_gradient:
-                # d cos_ji / d z_i = e_j: a dense product for the non-positives, a scatter-add for the positives.
-                grad_latents.addmm_(dense_gradient.T, code_chunk)
+                # d cos_ji / d z_i = e_j: a dense product for the non-positives (the per-code factor folded into
+                # the codes, not into the K x N block), a scatter-add for the positives.
+                grad_latents.addmm_(exponentials.T, code_chunk * row_scale[:, None])
                 positive_rows = code_chunk[:, None, :] * positive_gradient[:, :, None]
                 grad_latents.index_add_(0, positive_indices.reshape(-1), positive_rows.reshape(-1, code_chunk.shape[1]))
         num_codes = codes.shape[0]
