@@ -164,7 +164,9 @@ def _acos_arc_loss(latents, codebook, scale, margin, top_k):
 def test_dense_reference_matches_the_literal_formula():
     latents, codebook = torch.randn(64, 8), torch.randn(20, 8)
     expected = _acos_arc_loss(latents, codebook, 5.0, 0.1, 3)
-    torch.testing.assert_close(dense_arc_margin_loss(latents, codebook, 5.0, 0.1, 3).double(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        dense_arc_margin_loss(latents, codebook, 5.0, 0.1, 3).double(), expected, atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
 
