@@ -753,10 +753,11 @@ def write_model_card(
 
 An ArcVQ-VAE image tokenizer: a VQ-VAE whose codebook is trained under the spherical angular-margin prior (codes
 assigned by angle, codebook norms bounded by a growing ball, an additive angular-margin loss on the encoder).
-Backbone `{config.backbone}`, {config.num_channels}-channel images, {factor}x{factor} pixels per token, codebook
-K={config.codebook_size} x D={config.codebook_dim}, assignment `{config.distance}`, ball bound
-{"on" if config.use_ball_bound else "off"}, arc-margin loss {"on" if config.use_arc_margin else "off"}.
-Trained on `{dataset}` for {model.training_step} optimizer steps (the schedule step saved with the weights).
+
+- backbone `{config.backbone}`, {config.num_channels}-channel images, {factor}x{factor} pixels per token
+- codebook K={config.codebook_size} x D={config.codebook_dim}, assignment `{config.distance}`
+- ball bound {"on" if config.use_ball_bound else "off"}, arc-margin loss {"on" if config.use_arc_margin else "off"}
+- trained on `{dataset}` for {model.training_step} optimizer steps (the schedule step saved with the weights)
 
 ## Evaluation (whole evaluation split)
 
