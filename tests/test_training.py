@@ -146,7 +146,8 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, digit_sets) 
     torch.testing.assert_close(resumed_model.codebook, full.model.codebook, atol=1e-6, rtol=1e-5)
     assert resumed_model.quantizer.ball_radius == full.model.quantizer.ball_radius == ball_radius(6, 0.05)
     assert resumed_model.quantizer.current_arc_weight == full.model.quantizer.current_arc_weight
-    assert resumed_model.quantizer.current_arc_weight == pytest.approx(arc_weight_at(6, resumed_model.config.arc_weight, 0.05))
+    gamma0 = resumed_model.config.arc_weight
+    assert resumed_model.quantizer.current_arc_weight == pytest.approx(arc_weight_at(6, gamma0, 0.05))
     resumed_logs = [e for e in resumed.state.log_history if "loss" in e]
     full_logs = [e for e in full.state.log_history if "loss" in e]
     assert [e["schedule_step"] for e in resumed_logs[-3:]] == [3, 4, 5]
