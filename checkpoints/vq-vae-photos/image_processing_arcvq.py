@@ -1,0 +1,293 @@
+"""ArcVQImageProcessor: any PIL / numpy / torch image -> pixel_values in [-1, 1], and back to uint8 / PIL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+
+# ITU-R 601-2 luma weights, the ones PIL uses for "L".
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_RESAMPLE = {
+    "nearest": PIL.Image.Resampling.NEAREST,
+    "bilinear": PIL.Image.Resampling.BILINEAR,
+    "bicubic": PIL.Image.Resampling.BICUBIC,
+    "lanczos": PIL.Image.Resampling.LANCZOS,
+    "box": PIL.Image.Resampling.BOX,
+}
+
+
+def _pil_to_unit_array(image: PIL.Image.Image) -> np.ndarray:
+    """PIL image of any mode -> float32 (H, W, C) in [0, 1], C in {1, 3}; transparency composited on white."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return (np.asarray(image, dtype=np.float32) / 65535.0)[..., None]
+    if mode == "I":
+        array = np.asarray(image, dtype=np.float64)
+        # 32-bit integer images are usually 16-bit data widened by PIL.
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        return np.clip(array / peak, 0.0, 1.0).astype(np.float32)[..., None]
+    if mode == "F":
+        return _check_unit_range(np.asarray(image, dtype=np.float32)[..., None], "a PIL 'F' image")
+    if mode in ("1", "L"):
+        return (np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[..., None]
+    if mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:]
+        return rgba[..., :3] * alpha + (1.0 - alpha)
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _check_unit_range(array: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} contains NaN or Inf values.")
+    if array.size and (array.min() < -1e-6 or array.max() > 1 + 1e-6):
+        raise ValueError(
+            f"{what} holds floats in [{array.min():.4g}, {array.max():.4g}]; float images must lie in [0, 1] "
+            "(pass uint8 arrays for 0..255 data)."
+        )
+    return np.clip(array, 0.0, 1.0)
+
+
+def _array_to_unit_array(array: np.ndarray) -> np.ndarray:
+    """numpy (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} -> float32 (H, W, C) in [0, 1]."""
+    if array.ndim == 2:
+        array = array[..., None]
+    elif array.ndim == 3:
+        if array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+            array = np.moveaxis(array, 0, -1)
+    else:
+        raise ValueError(f"An image array must have 2 or 3 dimensions (H, W[, C]) or (C, H, W), got {array.shape}.")
+    if array.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"An image array must have 1, 3 or 4 channels, got shape {array.shape}.")
+    if array.dtype == np.uint8:
+        unit = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        unit = array.astype(np.float32) / 65535.0
+    elif array.dtype == np.bool_:
+        unit = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.floating):
+        unit = _check_unit_range(array.astype(np.float32), "The image array")
+    else:
+        raise ValueError(f"Unsupported image dtype {array.dtype}; use uint8, uint16, bool or floats in [0, 1].")
+    if unit.shape[-1] == 4:
+        alpha = unit[..., 3:]
+        unit = unit[..., :3] * alpha + (1.0 - alpha)
+    return unit
+
+
+def to_unit_array(image: Any) -> np.ndarray:
+    """One image (PIL, numpy, torch) -> float32 (H, W, C) in [0, 1] with C in {1, 3}."""
+    if isinstance(image, PIL.Image.Image):
+        unit = _pil_to_unit_array(image)
+    elif isinstance(image, torch.Tensor):
+        unit = _array_to_unit_array(image.detach().cpu().numpy())
+    elif isinstance(image, np.ndarray):
+        unit = _array_to_unit_array(image)
+    else:
+        raise TypeError(f"Expected a PIL image, numpy array or torch tensor, got {type(image).__name__}.")
+    if unit.shape[0] == 0 or unit.shape[1] == 0:
+        raise ValueError(f"Image has an empty side: {unit.shape[0]}x{unit.shape[1]}.")
+    return unit
+
+
+def convert_channels(unit: np.ndarray, num_channels: int) -> np.ndarray:
+    """(H, W, 1|3) -> (H, W, num_channels): grey is repeated, colour is reduced to luma."""
+    if unit.shape[-1] == num_channels:
+        return unit
+    if num_channels == 1:
+        return (unit @ _LUMA)[..., None]
+    if num_channels == 3:
+        return np.repeat(unit, 3, axis=-1)
+    raise ValueError(f"num_channels must be 1 or 3, got {num_channels}.")
+
+
+def _resize(unit: np.ndarray, height: int, width: int, resample: str) -> np.ndarray:
+    """Float-precision resize, one PIL 'F' image per channel."""
+    if unit.shape[:2] == (height, width):
+        return unit
+    channels = [
+        np.asarray(PIL.Image.fromarray(unit[..., c]).resize((width, height), _RESAMPLE[resample]), dtype=np.float32)
+        for c in range(unit.shape[-1])
+    ]
+    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
+
+
+def _fit_to_multiple(unit: np.ndarray, multiple: int, mode: str) -> np.ndarray:
+    """Center-crop (or edge-pad) height and width to multiples of `multiple`. Sides shorter than one multiple
+    are always padded, since cropping them would leave nothing."""
+    out = unit
+    for axis in (0, 1):
+        size = out.shape[axis]
+        remainder = size % multiple
+        if remainder == 0:
+            continue
+        if mode == "crop" and size >= multiple:
+            start = remainder // 2
+            out = out.take(range(start, start + size - remainder), axis=axis)
+        else:
+            missing = multiple - remainder
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = (missing // 2, missing - missing // 2)
+            out = np.pad(out, pad, mode="edge")
+    return out
+
+
+class ArcVQImageProcessor(BaseImageProcessor):
+    r"""
+    Prepares images for [`ArcVQModel`] and turns its outputs back into images.
+
+    Args:
+        num_channels (`int`, 3): channels the model expects; grey inputs are repeated, colour is reduced to luma.
+        do_resize (`bool`, False) / size (`dict`, None): resize to `{"height", "width"}` or, with
+            `{"shortest_edge": n}`, so that the shorter side is n (aspect kept).
+        max_side (`int`, None): downscale (aspect kept) any image whose longer side exceeds this.
+        resample (`str`, `"bicubic"`): one of nearest, bilinear, bicubic, lanczos, box.
+        size_divisor (`int`, 4): height and width are made multiples of this (the model's downsampling factor).
+        divisor_mode (`str`, `"crop"`): `"crop"` (center crop) or `"pad"` (edge padding) to reach the multiple.
+        image_mean / image_std (`list[float]`, 0.5 each): normalisation after scaling to [0, 1]; the defaults give
+            pixel_values in [-1, 1].
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        num_channels: int = 3,
+        do_resize: bool = False,
+        size: dict[str, int] | None = None,
+        max_side: int | None = None,
+        resample: str = "bicubic",
+        size_divisor: int = 4,
+        divisor_mode: str = "crop",
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_channels = num_channels
+        self.do_resize = do_resize
+        self.size = dict(size) if size is not None else None
+        self.max_side = max_side
+        self.resample = resample
+        self.size_divisor = size_divisor
+        self.divisor_mode = divisor_mode
+        self.image_mean = list(image_mean) if image_mean is not None else [0.5] * num_channels
+        self.image_std = list(image_std) if image_std is not None else [0.5] * num_channels
+        self._validate_settings(self.__dict__)
+
+    @staticmethod
+    def _validate_settings(settings: dict[str, Any]) -> None:
+        if settings["num_channels"] not in (1, 3):
+            raise ValueError(f"num_channels must be 1 or 3, got {settings['num_channels']!r}.")
+        if settings["resample"] not in _RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {settings['resample']!r}.")
+        if settings["divisor_mode"] not in ("crop", "pad"):
+            raise ValueError(f"divisor_mode must be 'crop' or 'pad', got {settings['divisor_mode']!r}.")
+        if not isinstance(settings["size_divisor"], int) or settings["size_divisor"] < 1:
+            raise ValueError(f"size_divisor must be an integer >= 1, got {settings['size_divisor']!r}.")
+        size = settings["size"]
+        if settings["do_resize"]:
+            if not size or not (set(size) == {"height", "width"} or set(size) == {"shortest_edge"}):
+                raise ValueError(f"do_resize needs size={{'height', 'width'}} or {{'shortest_edge'}}, got {size!r}.")
+            if any(not isinstance(v, int) or v < 1 for v in size.values()):
+                raise ValueError(f"size values must be integers >= 1, got {size!r}.")
+        if settings["max_side"] is not None and (not isinstance(settings["max_side"], int) or settings["max_side"] < 1):
+            raise ValueError(f"max_side must be None or an integer >= 1, got {settings['max_side']!r}.")
+        for name in ("image_mean", "image_std"):
+            if len(settings[name]) != settings["num_channels"]:
+                raise ValueError(f"{name} needs {settings['num_channels']} values, got {settings[name]!r}.")
+        if any(s <= 0 for s in settings["image_std"]):
+            raise ValueError(f"image_std values must be > 0, got {settings['image_std']!r}.")
+
+    def _target_size(self, height: int, width: int, settings: dict[str, Any]) -> tuple[int, int]:
+        if settings["do_resize"]:
+            size = settings["size"]
+            if "height" in size:
+                height, width = size["height"], size["width"]
+            else:
+                scale = size["shortest_edge"] / min(height, width)
+                height, width = max(1, round(height * scale)), max(1, round(width * scale))
+        max_side = settings["max_side"]
+        if max_side is not None and max(height, width) > max_side:
+            scale = max_side / max(height, width)
+            height, width = max(1, round(height * scale)), max(1, round(width * scale))
+        return height, width
+
+    def preprocess_one(self, image: Any, **overrides: Any) -> np.ndarray:
+        """One image -> float32 (C, H, W) normalised array."""
+        settings = {**self.__dict__, **overrides}
+        unit = convert_channels(to_unit_array(image), settings["num_channels"])
+        height, width = self._target_size(unit.shape[0], unit.shape[1], settings)
+        unit = _resize(unit, height, width, settings["resample"])
+        unit = _fit_to_multiple(unit, settings["size_divisor"], settings["divisor_mode"])
+        mean = np.asarray(settings["image_mean"], dtype=np.float32)
+        std = np.asarray(settings["image_std"], dtype=np.float32)
+        return np.ascontiguousarray(((unit - mean) / std).transpose(2, 0, 1))
+
+    def preprocess(self, images: Any, return_tensors: str | None = "pt", **overrides: Any) -> BatchFeature:
+        """Image or list of images -> BatchFeature with `pixel_values` (B, C, H, W).
+
+        `return_tensors`: `"pt"` (default), `"np"`, or None for a list of (C, H, W) arrays (images may then differ
+        in size). Any constructor argument can be overridden per call.
+        """
+        unknown = set(overrides) - set(self.__dict__)
+        if unknown:
+            raise TypeError(f"Unknown preprocess arguments {sorted(unknown)}.")
+        if overrides:
+            self._validate_settings({**self.__dict__, **overrides})
+        if isinstance(images, PIL.Image.Image | np.ndarray | torch.Tensor):
+            is_batch = (isinstance(images, np.ndarray | torch.Tensor)) and images.ndim == 4
+            images = list(images) if is_batch else [images]
+        images = list(images)
+        if not images:
+            raise ValueError("No images given: pass an image or a non-empty list of images.")
+        arrays = [self.preprocess_one(image, **overrides) for image in images]
+        if return_tensors is None:
+            return BatchFeature(data={"pixel_values": arrays})
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"Images of different sizes {sorted(shapes)} cannot be stacked into one batch; pass "
+                "do_resize=True with size=..., or return_tensors=None for a list."
+            )
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
+        return BatchFeature(data={"pixel_values": np.stack(arrays)}, tensor_type=return_tensors)
+
+    def postprocess(self, pixel_values: torch.Tensor | np.ndarray, return_tensors: str = "PIL") -> list | np.ndarray:
+        """(B, C, H, W) model-space pixels -> list of PIL images (`"PIL"`) or uint8 (B, H, W, C) array (`"np"`)."""
+        if isinstance(pixel_values, torch.Tensor):
+            pixel_values = pixel_values.detach().float().cpu().numpy()
+        pixel_values = np.asarray(pixel_values, dtype=np.float32)
+        if pixel_values.ndim == 3:
+            pixel_values = pixel_values[None]
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
+            raise ValueError(
+                f"postprocess expects (batch, {self.num_channels}, height, width), got {pixel_values.shape}."
+            )
+        unit = self.to_unit_range(pixel_values)
+        images = np.round(unit * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
+        if return_tensors == "np":
+            return images
+        if return_tensors != "PIL":
+            raise ValueError(f"return_tensors must be 'PIL' or 'np', got {return_tensors!r}.")
+        if self.num_channels == 1:
+            return [PIL.Image.fromarray(image[..., 0], mode="L") for image in images]
+        return [PIL.Image.fromarray(image, mode="RGB") for image in images]
+
+    def to_unit_range(self, pixel_values: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Undo normalisation: (B, C, H, W) model-space -> [0, 1], clipped. Keeps the input's array type."""
+        mean = np.asarray(self.image_mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.image_std, dtype=np.float32).reshape(1, -1, 1, 1)
+        if isinstance(pixel_values, torch.Tensor):
+            mean_t = torch.as_tensor(mean, device=pixel_values.device)
+            std_t = torch.as_tensor(std, device=pixel_values.device)
+            return (pixel_values.float() * std_t + mean_t).clamp(0.0, 1.0)
+        return np.clip(pixel_values * std + mean, 0.0, 1.0)
+
+
+__all__ = ["ArcVQImageProcessor", "convert_channels", "to_unit_array"]

@@ -1,0 +1,474 @@
+"""ArcVQ-VAE: a VQ-VAE image tokenizer whose codebook lives under the spherical angular-margin prior."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_arcvq import ArcVQConfig
+from .quantization import SphericalAngularMarginQuantizer, init_codebook_
+
+# ----------------------------------------------------------------------------------------------------------------
+# Blocks of the paper's small VQ-VAE (SPEC.md §1): x4 down/up-sampling, residual stack of ReLU-3x3-ReLU-1x1.
+# Convolutions inside residual blocks carry no bias, as in the reference implementation.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class VQVAEResidualLayer(nn.Module):
+    """x + Conv1x1(ReLU(Conv3x3(ReLU(x)))); shape-preserving (B, hidden, h, w)."""
+
+    def __init__(self, hidden_size: int, residual_hidden_size: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(hidden_size, residual_hidden_size, kernel_size=3, padding=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(residual_hidden_size, hidden_size, kernel_size=1, bias=False),
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states + self.block(hidden_states)
+
+
+class VQVAEResidualStack(nn.Module):
+    """`num_layers` residual layers followed by a ReLU."""
+
+    def __init__(self, hidden_size: int, residual_hidden_size: int, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(VQVAEResidualLayer(hidden_size, residual_hidden_size) for _ in range(num_layers))
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states)
+            else:
+                hidden_states = layer(hidden_states)
+        return F.relu(hidden_states)
+
+
+class VQVAEEncoder(nn.Module):
+    """(B, C, H, W) -> (B, hidden, H/4, W/4)."""
+
+    def __init__(self, config: ArcVQConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.conv_1 = nn.Conv2d(config.num_channels, hidden // 2, kernel_size=4, stride=2, padding=1)
+        self.conv_2 = nn.Conv2d(hidden // 2, hidden, kernel_size=4, stride=2, padding=1)
+        self.conv_3 = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
+        self.residual_stack = VQVAEResidualStack(hidden, config.residual_hidden_size, config.num_residual_layers)
+        self.out_channels = hidden
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden_states = F.relu(self.conv_1(pixel_values))
+        hidden_states = F.relu(self.conv_2(hidden_states))
+        return self.residual_stack(self.conv_3(hidden_states))
+
+
+class VQVAEDecoder(nn.Module):
+    """(B, D, h, w) -> (B, C, 4h, 4w)."""
+
+    def __init__(self, config: ArcVQConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.conv_1 = nn.Conv2d(config.codebook_dim, hidden, kernel_size=3, padding=1)
+        self.residual_stack = VQVAEResidualStack(hidden, config.residual_hidden_size, config.num_residual_layers)
+        self.conv_trans_1 = nn.ConvTranspose2d(hidden, hidden // 2, kernel_size=4, stride=2, padding=1)
+        self.conv_trans_2 = nn.ConvTranspose2d(hidden // 2, config.num_channels, kernel_size=4, stride=2, padding=1)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.residual_stack(self.conv_1(codes))
+        hidden_states = F.relu(self.conv_trans_1(hidden_states))
+        return self.conv_trans_2(hidden_states)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# VQGAN-class blocks: diffusers' Encoder / Decoder, so that a diffusers VQModel export is a key rename.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def vqgan_block_types(config: ArcVQConfig) -> tuple[list[str], list[str]]:
+    """diffusers down/up block types; attention in the lowest-resolution level when configured."""
+    levels = len(config.channel_multipliers)
+    lowest_down = "AttnDownEncoderBlock2D" if config.attention_at_lowest_resolution else "DownEncoderBlock2D"
+    lowest_up = "AttnUpDecoderBlock2D" if config.attention_at_lowest_resolution else "UpDecoderBlock2D"
+    return ["DownEncoderBlock2D"] * (levels - 1) + [lowest_down], [lowest_up] + ["UpDecoderBlock2D"] * (levels - 1)
+
+
+def build_vqgan_encoder(config: ArcVQConfig) -> nn.Module:
+    """(B, C, H, W) -> (B, latent_channels, H/f, W/f) with f = 2^(levels-1)."""
+    from diffusers.models.autoencoders.vae import Encoder
+
+    down_types, _ = vqgan_block_types(config)
+    encoder = Encoder(
+        in_channels=config.num_channels,
+        out_channels=config.latent_channels,
+        down_block_types=tuple(down_types),
+        block_out_channels=tuple(config.base_channels * m for m in config.channel_multipliers),
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups,
+        act_fn="silu",
+        double_z=False,
+        mid_block_add_attention=True,
+    )
+    encoder.out_channels = config.latent_channels
+    return encoder
+
+
+def build_vqgan_decoder(config: ArcVQConfig) -> nn.Module:
+    """(B, latent_channels, h, w) -> (B, C, h*f, w*f)."""
+    from diffusers.models.autoencoders.vae import Decoder
+
+    _, up_types = vqgan_block_types(config)
+    return Decoder(
+        in_channels=config.latent_channels,
+        out_channels=config.num_channels,
+        up_block_types=tuple(up_types),
+        block_out_channels=tuple(config.base_channels * m for m in config.channel_multipliers),
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups,
+        act_fn="silu",
+        norm_type="group",
+        mid_block_add_attention=True,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ArcVQPreTrainedModel(PreTrainedModel):
+    config_class = ArcVQConfig
+    base_model_prefix = "arcvq"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`, but safetensors only (no pickle is ever opened) and with clear errors
+        when a folder holds only a pickled checkpoint or its codebook disagrees with the config."""
+        kwargs.setdefault("use_safetensors", True)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except OSError as err:
+            folder = str(pretrained_model_name_or_path)
+            if os.path.isdir(folder) and not any(name.endswith(".safetensors") for name in os.listdir(folder)):
+                raise OSError(
+                    f"{folder} holds no .safetensors weights. ArcVQ loads weights from safetensors only and never "
+                    "unpickles a checkpoint (pytorch_model.bin can run arbitrary code). Convert it where you trust "
+                    "it, e.g. with torch.load(path, weights_only=True) and safetensors.torch.save_file."
+                ) from err
+            raise
+        except RuntimeError as err:
+            if "mismatched" not in str(err):
+                raise
+            raise ValueError(
+                f"The weights in {pretrained_model_name_or_path} do not fit the config: "
+                f"{_checkpoint_codebook_note(pretrained_model_name_or_path, kwargs.get('config'), kwargs)}"
+                "Load without overriding codebook_size / codebook_dim, or pass ignore_mismatched_sizes=True to "
+                "re-initialise the mismatched tensors."
+            ) from err
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """PyTorch's default init for convolutions and linears (the reference trains from it), the SPEC codebook
+        init, step 0. `transformers.initialization` skips tensors that were loaded from a checkpoint."""
+        if isinstance(module, SphericalAngularMarginQuantizer):
+            if not getattr(module.embedding.weight, "_is_hf_initialized", False):
+                init_codebook_(module.embedding.weight, module.codebook_init)
+            init.zeros_(module.step)
+        elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight.shape[1] * module.weight[0][0].numel()
+                if isinstance(module, nn.ConvTranspose2d):
+                    fan_in = module.weight.shape[0] * module.weight[0][0].numel()
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.GroupNorm | nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+def _checkpoint_codebook_note(folder: str | os.PathLike, config: Any, overrides: dict[str, Any]) -> str:
+    """Say how a local checkpoint's codebook shape differs from the requested one (best effort)."""
+    weights = os.path.join(str(folder), "model.safetensors")
+    if not os.path.isfile(weights):
+        return "tensor shapes differ (see the load report above). "
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as handle:
+        if "quantizer.embedding.weight" not in handle.keys():
+            return "tensor shapes differ (see the load report above). "
+        saved = tuple(handle.get_slice("quantizer.embedding.weight").get_shape())
+    wanted_size = overrides.get("codebook_size", getattr(config, "codebook_size", saved[0]))
+    wanted_dim = overrides.get("codebook_dim", getattr(config, "codebook_dim", saved[1]))
+    return (
+        f"the checkpoint's codebook has K={saved[0]} codes of dim {saved[1]}, the config asks for "
+        f"codebook_size={wanted_size}, codebook_dim={wanted_dim}. "
+    )
+
+
+@dataclass
+class ArcVQEncoderOutput(ModelOutput):
+    r"""
+    image_tokens (`torch.LongTensor` of shape `(batch_size, height // f, width // f)`):
+        Code index of every latent position, f = `config.downsampling_factor`.
+    latents (`torch.FloatTensor` of shape `(batch_size, codebook_dim, height // f, width // f)`):
+        Encoder output after the pre-quantization conv, before quantization.
+    quantized_latents (`torch.FloatTensor` of shape `(batch_size, codebook_dim, height // f, width // f)`):
+        The raw code vectors the decoder consumes (straight-through with respect to `latents`).
+    quantization_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Codebook + beta * commitment loss.
+    """
+
+    image_tokens: torch.LongTensor | None = None
+    latents: torch.FloatTensor | None = None
+    quantized_latents: torch.FloatTensor | None = None
+    quantization_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class ArcVQModelOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`):
+        reconstruction_loss + quantization_loss + arc_weight * arc_loss. Set whenever `return_loss=True`.
+    reconstruction (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+        Decoded pixels, same normalisation as the input (nominally [-1, 1]).
+    image_tokens (`torch.LongTensor` of shape `(batch_size, height // f, width // f)`):
+        Code index of every latent position.
+    reconstruction_loss (`torch.FloatTensor` of shape `()`):
+        MSE / data_variance, or L1, per `config.reconstruction_loss`.
+    quantization_loss (`torch.FloatTensor` of shape `()`):
+        Codebook + beta * commitment loss.
+    arc_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Unweighted arc-margin loss; absent when `use_arc_margin=False`.
+    arc_weight (`torch.FloatTensor` of shape `()`):
+        gamma_t at the model's current step.
+    ball_radius (`torch.FloatTensor` of shape `()`):
+        R(t) at the model's current step.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    image_tokens: torch.LongTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    quantization_loss: torch.FloatTensor | None = None
+    arc_loss: torch.FloatTensor | None = None
+    arc_weight: torch.FloatTensor | None = None
+    ball_radius: torch.FloatTensor | None = None
+
+
+class ArcVQModel(ArcVQPreTrainedModel):
+    """Encoder -> 1x1 quant conv -> SAMP quantizer -> post-quant conv -> decoder.
+
+    The training step that drives the ball radius and the arc weight is `quantizer.step`, a persistent buffer:
+    call `set_training_step(step)` before each optimizer step (the Trainer callback in `arcvq_hf.training` does).
+    """
+
+    def __init__(self, config: ArcVQConfig) -> None:
+        super().__init__(config)
+        if config.backbone == "vqvae":
+            self.encoder = VQVAEEncoder(config)
+            self.decoder = VQVAEDecoder(config)
+            # The paper's decoder takes the codes directly.
+            self.post_quant_conv = nn.Identity()
+        else:
+            self.encoder = build_vqgan_encoder(config)
+            self.decoder = build_vqgan_decoder(config)
+            self.post_quant_conv = nn.Conv2d(config.codebook_dim, config.latent_channels, kernel_size=1)
+        self.quant_conv = nn.Conv2d(self.encoder.out_channels, config.codebook_dim, kernel_size=1)
+        self.quantizer = SphericalAngularMarginQuantizer(
+            codebook_size=config.codebook_size,
+            codebook_dim=config.codebook_dim,
+            distance=config.distance,
+            codebook_init=config.codebook_init,
+            commitment_cost=config.commitment_cost,
+            legacy_beta_placement=config.legacy_beta_placement,
+            use_ball_bound=config.use_ball_bound,
+            ball_growth_rate=config.ball_growth_rate,
+            use_arc_margin=config.use_arc_margin,
+            arc_scale=config.arc_scale,
+            arc_margin=config.arc_margin,
+            arc_top_k=config.arc_top_k,
+            arc_weight=config.arc_weight,
+            arc_weight_decay=config.arc_weight_decay,
+            chunk_elements=config.quantizer_chunk_elements,
+        )
+        self.post_init()
+
+    # ----- schedules -------------------------------------------------------------------------------------------
+    def set_training_step(self, step: int) -> None:
+        """Set the optimizer step t that drives R(t) and gamma_t."""
+        if step < 0:
+            raise ValueError(f"training step must be >= 0, got {step}.")
+        self.quantizer.step.fill_(int(step))
+
+    @property
+    def training_step(self) -> int:
+        return self.quantizer.current_step
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(K, D) raw code vectors."""
+        return self.quantizer.embedding.weight
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.quantizer.embedding
+
+    def to_diffusers(self) -> nn.Module:
+        """This vqgan-backbone model as a `diffusers.VQModel` (see `arcvq_hf.diffusers_export.to_diffusers`).
+
+        Needs the `arcvq_hf` package installed (the export code does not travel with saved checkpoints).
+        """
+        # Inside try so that transformers' remote-code import check does not require arcvq_hf.
+        try:
+            from arcvq_hf.diffusers_export import to_diffusers
+        except ImportError as err:
+            raise ImportError(
+                "ArcVQModel.to_diffusers() needs the arcvq_hf package (pip install arcvq-hf); the export code is not "
+                "shipped with checkpoints loaded through trust_remote_code."
+            ) from err
+        return to_diffusers(self)
+
+    # ----- input checks ----------------------------------------------------------------------------------------
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}."
+            )
+        batch, channels, height, width = pixel_values.shape
+        if batch == 0:
+            raise ValueError("pixel_values is an empty batch (batch size 0); pass at least one image.")
+        if channels != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values has {channels} channels but this model expects {self.config.num_channels} "
+                f"(config.num_channels); convert the images, e.g. with ArcVQImageProcessor."
+            )
+        factor = self.config.downsampling_factor
+        if height % factor or width % factor or height == 0 or width == 0:
+            raise ValueError(
+                f"pixel_values height and width must be positive multiples of the downsampling factor {factor}, "
+                f"got {height}x{width}; resize, crop or pad first (ArcVQImageProcessor does)."
+            )
+        if not pixel_values.is_floating_point():
+            raise TypeError(f"pixel_values must be a floating-point tensor in [-1, 1], got dtype {pixel_values.dtype}.")
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError("pixel_values contains NaN or Inf values.")
+
+    def _check_image_tokens(self, image_tokens: torch.Tensor, latent_shape: tuple[int, int] | None) -> torch.Tensor:
+        if not isinstance(image_tokens, torch.Tensor):
+            raise TypeError(f"image_tokens must be a torch.Tensor, got {type(image_tokens).__name__}.")
+        if image_tokens.is_floating_point() or image_tokens.is_complex() or image_tokens.dtype == torch.bool:
+            raise TypeError(f"image_tokens must be an integer tensor of code ids, got dtype {image_tokens.dtype}.")
+        if image_tokens.ndim == 2:
+            length = image_tokens.shape[1]
+            if latent_shape is None:
+                side = math.isqrt(length)
+                if side * side != length:
+                    raise ValueError(
+                        f"image_tokens of shape (batch, {length}) is not square; pass latent_shape=(h, w)."
+                    )
+                latent_shape = (side, side)
+            if latent_shape[0] * latent_shape[1] != length:
+                raise ValueError(f"latent_shape {tuple(latent_shape)} does not hold {length} tokens.")
+            image_tokens = image_tokens.reshape(image_tokens.shape[0], *latent_shape)
+        elif image_tokens.ndim != 3:
+            raise ValueError(
+                f"image_tokens must have shape (batch, h, w) or (batch, h*w), got {tuple(image_tokens.shape)}."
+            )
+        if image_tokens.numel() == 0:
+            raise ValueError(f"image_tokens is empty (shape {tuple(image_tokens.shape)}).")
+        low, high = int(image_tokens.min()), int(image_tokens.max())
+        if low < 0 or high >= self.config.codebook_size:
+            raise ValueError(
+                f"image_tokens must lie in [0, {self.config.codebook_size - 1}] (codebook_size "
+                f"{self.config.codebook_size}), got values in [{low}, {high}]."
+            )
+        return image_tokens.long()
+
+    # ----- encode / decode -------------------------------------------------------------------------------------
+    def _latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(pixel_values))
+
+    def decode_latents(self, quantized_latents: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) code vectors -> (B, C, H, W) pixels."""
+        return self.decoder(self.post_quant_conv(quantized_latents))
+
+    def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> ArcVQEncoderOutput | tuple:
+        """pixel_values (B, C, H, W) in [-1, 1] -> image_tokens (B, H/f, W/f) and latents (B, D, H/f, W/f)."""
+        self._check_pixel_values(pixel_values)
+        latents = self._latents(pixel_values)
+        quantized = self.quantizer(latents, compute_loss=True)
+        output = ArcVQEncoderOutput(
+            image_tokens=quantized.indices,
+            latents=latents,
+            quantized_latents=quantized.quantized,
+            quantization_loss=quantized.vq_loss,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def decode(self, image_tokens: torch.Tensor, latent_shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """image_tokens (B, h, w) or (B, h*w) int ids -> pixels (B, C, h*f, w*f).
+
+        A flat sequence is taken as square unless `latent_shape=(h, w)` says otherwise.
+        """
+        image_tokens = self._check_image_tokens(image_tokens, latent_shape)
+        codes = self.quantizer.codes_for(image_tokens.to(self.codebook.device)).permute(0, 3, 1, 2)
+        return self.decode_latents(codes.contiguous())
+
+    def reconstruction_loss(self, reconstruction: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """MSE / data_variance (paper's VQ-VAE) or L1 (VQGAN), in float32."""
+        if self.config.reconstruction_loss == "l1":
+            return F.l1_loss(reconstruction.float(), pixel_values.float())
+        return F.mse_loss(reconstruction.float(), pixel_values.float()) / self.config.data_variance
+
+    def forward(
+        self, pixel_values: torch.Tensor, return_loss: bool = True, return_dict: bool = True
+    ) -> ArcVQModelOutput | tuple:
+        """pixel_values (B, C, H, W) in [-1, 1] -> ArcVQModelOutput.
+
+        In training mode the quantizer first projects the codebook into the ball of radius R(step).
+        """
+        self._check_pixel_values(pixel_values)
+        latents = self._latents(pixel_values)
+        quantized = self.quantizer(latents, compute_loss=return_loss)
+        reconstruction = self.decode_latents(quantized.quantized)
+        losses = {}
+        if return_loss:
+            reconstruction_loss = self.reconstruction_loss(reconstruction, pixel_values)
+            loss = reconstruction_loss + quantized.vq_loss
+            if quantized.arc_loss is not None:
+                loss = loss + self.quantizer.current_arc_weight * quantized.arc_loss
+            losses = {
+                "loss": loss,
+                "reconstruction_loss": reconstruction_loss,
+                "quantization_loss": quantized.vq_loss,
+                "arc_loss": quantized.arc_loss,
+            }
+        device = reconstruction.device
+        # Built in one go so that the dict / tuple views follow the field order (loss first).
+        output = ArcVQModelOutput(
+            reconstruction=reconstruction,
+            image_tokens=quantized.indices,
+            arc_weight=torch.tensor(self.quantizer.current_arc_weight, device=device),
+            ball_radius=torch.tensor(self.quantizer.ball_radius, device=device),
+            **losses,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["ArcVQEncoderOutput", "ArcVQModel", "ArcVQModelOutput", "ArcVQPreTrainedModel"]
