@@ -36,9 +36,10 @@ def test_output_fields_loss_first_and_loss_is_the_sum_of_its_parts(model):
     output = model(images())
     assert isinstance(output, ArcVQModelOutput)
     assert list(output.keys())[:3] == ["loss", "reconstruction", "image_tokens"]
-    expected = output.reconstruction_loss + output.quantization_loss + math.exp(-5e-4 * 400) * output.arc_loss
+    arc_weight = model.config.arc_weight * math.exp(-model.config.arc_weight_decay * 400)
+    expected = output.reconstruction_loss + output.quantization_loss + arc_weight * output.arc_loss
     torch.testing.assert_close(output.loss, expected)
-    assert output.arc_weight.item() == pytest.approx(math.exp(-0.2))
+    assert output.arc_weight.item() == pytest.approx(arc_weight)
     assert output.ball_radius.item() == pytest.approx(math.exp(3e-4 * 400))
     assert output.image_tokens.shape == (4, 7, 7) and output.image_tokens.dtype == torch.long
     assert output.reconstruction.shape == (4, 1, 28, 28)
