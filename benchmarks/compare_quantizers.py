@@ -93,17 +93,32 @@ def parse_overrides(items: list[str]) -> dict[str, float | int]:
 
 
 def run_name(dataset: str, preset: str, seed: int, steps: int, overrides: dict[str, Any]) -> str:
-    name = f"{dataset}_{preset}_s{seed}_{steps}steps"
-    if overrides:
-        text = ",".join(f"{key}={overrides[key]}" for key in sorted(overrides))
-        name += "_" + hashlib.sha1(text.encode()).hexdigest()[:8]
-    return name
+    """File name of a run; it hashes the effective quantizer settings, so a run made under older defaults is never
+    mistaken for a run of the current ones."""
+    settings = effective_settings(quantizer_settings(ArcVQConfig.from_preset(preset, **overrides)))
+    text = ",".join(f"{key}={settings[key]}" for key in sorted(settings))
+    return f"{dataset}_{preset}_s{seed}_{steps}steps_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def quantizer_settings(config: ArcVQConfig) -> dict[str, Any]:
     return {key: getattr(config, key) for key in ("distance", "codebook_init", "use_ball_bound", "use_arc_margin")} | {
         key: getattr(config, key) for key in SWEEP_KNOBS
     }
+
+
+def effective_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that change what a run does: arc knobs only with the arc loss, alpha only with the ball."""
+    unused = set()
+    if not settings["use_arc_margin"]:
+        unused |= {"arc_weight_decay", "arc_weight", "arc_scale", "arc_margin", "arc_top_k"}
+    if not settings["use_ball_bound"]:
+        unused.add("ball_growth_rate")
+    return {key: value for key, value in settings.items() if key not in unused}
+
+
+def is_default_run(record: dict[str, Any]) -> bool:
+    """Whether a result file's run used the current defaults of its preset."""
+    return effective_settings(record["settings"]) == effective_settings(default_settings(record["preset"]))
 
 
 def _evaluate(model: ArcVQModel, test: torch.Tensor) -> dict[str, float]:
@@ -269,10 +284,7 @@ def main_table(records: list[dict[str, Any]], dataset: str, steps: int) -> list[
         runs = [
             r
             for r in records
-            if r["dataset"] == dataset
-            and r["preset"] == preset
-            and r["steps"] == steps
-            and r["settings"] == default_settings(preset)
+            if r["dataset"] == dataset and r["preset"] == preset and r["steps"] == steps and is_default_run(r)
         ]
         if not runs:
             continue
@@ -328,10 +340,7 @@ def write_plots(records: list[dict[str, Any]], results_dir: Path, steps: int) ->
             runs = [
                 r
                 for r in records
-                if r["dataset"] == dataset
-                and r["preset"] == preset
-                and r["steps"] == steps
-                and r["settings"] == default_settings(preset)
+                if r["dataset"] == dataset and r["preset"] == preset and r["steps"] == steps and is_default_run(r)
             ]
             if runs:
                 chosen[preset] = sorted(runs, key=lambda r: r["seed"])
@@ -405,7 +414,7 @@ def write_report(results_dir: Path, steps: int) -> Path:
         " process (data, model, optimizer, evaluation).",
         "",
     ]
-    budgets = sorted({r["steps"] for r in records if r["settings"] == default_settings(r["preset"])}, reverse=True)
+    budgets = sorted({r["steps"] for r in records if is_default_run(r)}, reverse=True)
     for dataset in DATASETS:
         for budget in budgets:
             table = main_table(records, dataset, budget)
@@ -440,7 +449,7 @@ def _plot_budget(records: list[dict[str, Any]], steps: int) -> int:
     """`steps` if at least two presets have default runs at that budget, else the largest budget that has."""
     presets_per_budget: dict[int, set[str]] = {}
     for r in records:
-        if r["settings"] == default_settings(r["preset"]):
+        if is_default_run(r):
             presets_per_budget.setdefault(r["steps"], set()).add(r["preset"])
     if len(presets_per_budget.get(steps, ())) >= 2:
         return steps
