@@ -69,7 +69,6 @@ _REMOTE_CODE_SCRIPT = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, _NoPackage())
-    sys.path = [p for p in sys.path if "work/main" not in p]
     try:
         importlib.util.find_spec("arcvq_hf")
         raise SystemExit("arcvq_hf is still importable")
