@@ -24,13 +24,21 @@ _MAX_EXPONENT = 80.0
 _MIN_SINE = 1e-6
 
 
-def ball_radius(step: int, growth_rate: float) -> float:
-    """R(t) = exp(alpha * t), saturating instead of overflowing."""
+def ball_radius(step: int | torch.Tensor, growth_rate: float) -> float | torch.Tensor:
+    """R(t) = exp(alpha * t), saturating instead of overflowing.
+
+    A tensor step (the quantizer's buffer) gives a float32 tensor on its device, so a training forward never
+    waits for the device to hand the step back to the host.
+    """
+    if isinstance(step, torch.Tensor):
+        return torch.exp((step.float() * growth_rate).clamp(max=_MAX_EXPONENT))
     return math.exp(min(growth_rate * step, _MAX_EXPONENT))
 
 
-def arc_weight_at(step: int, initial_weight: float, decay: float) -> float:
-    """gamma_t = gamma0 * exp(-lambda * t)."""
+def arc_weight_at(step: int | torch.Tensor, initial_weight: float, decay: float) -> float | torch.Tensor:
+    """gamma_t = gamma0 * exp(-lambda * t); a tensor step gives a float32 tensor (see `ball_radius`)."""
+    if isinstance(step, torch.Tensor):
+        return initial_weight * torch.exp(-(step.float() * decay).clamp(max=_MAX_EXPONENT))
     return initial_weight * math.exp(-min(decay * step, _MAX_EXPONENT))
 
 
@@ -49,15 +57,16 @@ def init_codebook_(codebook: torch.Tensor, method: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def project_onto_ball_(codebook: torch.Tensor, radius: float) -> torch.Tensor:
+def project_onto_ball_(codebook: torch.Tensor, radius: float | torch.Tensor) -> torch.Tensor:
     """BBNR: rescale, in place, every code whose norm exceeds `radius` onto the sphere of that radius.
 
-    Codes inside the ball are untouched. Returns the boolean mask (K,) of the codes that were projected.
+    Codes inside the ball are untouched (multiplied by exactly 1). Returns the boolean mask (K,) of the codes
+    that were projected. Branch-free, so a tensor radius never forces a device-to-host sync.
     """
     norms = codebook.norm(dim=1)
     outside = norms > radius
-    if outside.any():
-        codebook[outside] *= (radius / norms[outside]).unsqueeze(1).to(codebook.dtype)
+    scale = torch.where(outside, radius / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.ones_like(norms))
+    codebook.mul_(scale.unsqueeze(1).to(codebook.dtype))
     return outside
 
 
@@ -342,12 +351,18 @@ class SphericalAngularMarginQuantizer(nn.Module):
             return 0.0
         return arc_weight_at(self.current_step, self.arc_weight, self.arc_weight_decay)
 
+    def schedule_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R(t), gamma_t) as float32 scalars on the step buffer's device, computed there (no host sync)."""
+        radius = ball_radius(self.step, self.ball_growth_rate)
+        weight = arc_weight_at(self.step, self.arc_weight, self.arc_weight_decay)
+        return radius, weight if self.use_arc_margin else torch.zeros_like(weight)
+
     def reset_codebook(self) -> None:
         init_codebook_(self.embedding.weight, self.codebook_init)
 
     def apply_ball_bound(self) -> torch.Tensor:
         """Project the codebook into the ball of radius R(step); returns the mask of codes that moved."""
-        return project_onto_ball_(self.embedding.weight, self.ball_radius)
+        return project_onto_ball_(self.embedding.weight, ball_radius(self.step, self.ball_growth_rate))
 
     def codes_for(self, indices: torch.Tensor) -> torch.Tensor:
         """(...,) ids -> (..., D) raw code vectors, exactly what the decoder consumes."""

@@ -46,6 +46,25 @@ def test_output_fields_loss_first_and_loss_is_the_sum_of_its_parts(model):
     assert output.to_tuple()[0] is output.loss
 
 
+def test_a_training_forward_never_reads_a_tensor_back_to_the_host(model, monkeypatch):
+    # On a GPU every .item() / bool(tensor) waits for the device; the schedules must stay on it. The one
+    # deliberate read is the NaN / Inf check of the input (a clear error is worth one sync), so it is skipped here.
+    model.set_training_step(250)
+    model.train()
+    expected = model(images()).loss
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host sync in the training forward")
+
+    monkeypatch.setattr(model, "_check_pixel_values", lambda pixel_values: None)
+    monkeypatch.setattr(torch.Tensor, "item", refuse)
+    monkeypatch.setattr(torch.Tensor, "__bool__", refuse)
+    torch.manual_seed(0)
+    loss = model(images()).loss
+    monkeypatch.undo()
+    assert torch.isfinite(loss) and loss.shape == () and expected.shape == ()
+
+
 def test_reconstruction_loss_is_mse_over_data_variance():
     torch.manual_seed(0)
     model = ArcVQModel(ArcVQConfig(num_channels=1, data_variance=0.25, use_arc_margin=False, **TINY))

@@ -103,6 +103,15 @@ def test_schedules():
     assert arc_weight_at(10**9, 1.0, 5e-4) >= 0.0
 
 
+@pytest.mark.parametrize("step", [0, 1, 1234, 10**6, 10**9])
+def test_tensor_schedules_equal_the_float_ones(step):
+    tensor_step = torch.tensor(step)
+    radius, weight = ball_radius(tensor_step, 3e-4), arc_weight_at(tensor_step, 1.5, 5e-4)
+    assert radius.dtype == weight.dtype == torch.float32
+    assert radius.item() == pytest.approx(ball_radius(step, 3e-4), rel=1e-6)
+    assert weight.item() == pytest.approx(arc_weight_at(step, 1.5, 5e-4), rel=1e-6, abs=1e-30)
+
+
 def test_ball_projection_moves_only_codes_outside():
     codebook = torch.randn(100, 8)
     codebook[:50] *= 10  # well outside radius 2
@@ -113,6 +122,9 @@ def test_ball_projection_moves_only_codes_outside():
     torch.testing.assert_close(codebook[:50].norm(dim=1), torch.full((50,), 2.0))
     torch.testing.assert_close(F.normalize(codebook[:50], dim=1), F.normalize(before[:50], dim=1))
     assert torch.equal(codebook[50:], before[50:])
+    with_tensor_radius = before.clone()
+    assert torch.equal(project_onto_ball_(with_tensor_radius, torch.tensor(2.0)), moved)
+    assert torch.equal(with_tensor_radius, codebook)
 
 
 def test_quantizer_applies_ball_bound_in_training_only_and_follows_the_step():

@@ -447,25 +447,26 @@ class ArcVQModel(ArcVQPreTrainedModel):
         latents = self._latents(pixel_values)
         quantized = self.quantizer(latents, compute_loss=return_loss)
         reconstruction = self.decode_latents(quantized.quantized)
+        # Schedules as device tensors: reading the step buffer on the host would sync a GPU every forward.
+        ball_radius, arc_weight = self.quantizer.schedule_tensors()
         losses = {}
         if return_loss:
             reconstruction_loss = self.reconstruction_loss(reconstruction, pixel_values)
             loss = reconstruction_loss + quantized.vq_loss
             if quantized.arc_loss is not None:
-                loss = loss + self.quantizer.current_arc_weight * quantized.arc_loss
+                loss = loss + arc_weight * quantized.arc_loss
             losses = {
                 "loss": loss,
                 "reconstruction_loss": reconstruction_loss,
                 "quantization_loss": quantized.vq_loss,
                 "arc_loss": quantized.arc_loss,
             }
-        device = reconstruction.device
         # Built in one go so that the dict / tuple views follow the field order (loss first).
         output = ArcVQModelOutput(
             reconstruction=reconstruction,
             image_tokens=quantized.indices,
-            arc_weight=torch.tensor(self.quantizer.current_arc_weight, device=device),
-            ball_radius=torch.tensor(self.quantizer.ball_radius, device=device),
+            arc_weight=arc_weight,
+            ball_radius=ball_radius,
             **losses,
         )
         return output if return_dict else output.to_tuple()

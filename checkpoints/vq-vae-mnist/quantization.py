@@ -24,13 +24,21 @@ _MAX_EXPONENT = 80.0
 _MIN_SINE = 1e-6
 
 
-def ball_radius(step: int, growth_rate: float) -> float:
-    """R(t) = exp(alpha * t), saturating instead of overflowing."""
+def ball_radius(step: int | torch.Tensor, growth_rate: float) -> float | torch.Tensor:
+    """R(t) = exp(alpha * t), saturating instead of overflowing.
+
+    A tensor step (the quantizer's buffer) gives a float32 tensor on its device, so a training forward never
+    waits for the device to hand the step back to the host.
+    """
+    if isinstance(step, torch.Tensor):
+        return torch.exp((step.float() * growth_rate).clamp(max=_MAX_EXPONENT))
     return math.exp(min(growth_rate * step, _MAX_EXPONENT))
 
 
-def arc_weight_at(step: int, initial_weight: float, decay: float) -> float:
-    """gamma_t = gamma0 * exp(-lambda * t)."""
+def arc_weight_at(step: int | torch.Tensor, initial_weight: float, decay: float) -> float | torch.Tensor:
+    """gamma_t = gamma0 * exp(-lambda * t); a tensor step gives a float32 tensor (see `ball_radius`)."""
+    if isinstance(step, torch.Tensor):
+        return initial_weight * torch.exp(-(step.float() * decay).clamp(max=_MAX_EXPONENT))
     return initial_weight * math.exp(-min(decay * step, _MAX_EXPONENT))
 
 
@@ -49,15 +57,16 @@ def init_codebook_(codebook: torch.Tensor, method: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def project_onto_ball_(codebook: torch.Tensor, radius: float) -> torch.Tensor:
+def project_onto_ball_(codebook: torch.Tensor, radius: float | torch.Tensor) -> torch.Tensor:
     """BBNR: rescale, in place, every code whose norm exceeds `radius` onto the sphere of that radius.
 
-    Codes inside the ball are untouched. Returns the boolean mask (K,) of the codes that were projected.
+    Codes inside the ball are untouched (multiplied by exactly 1). Returns the boolean mask (K,) of the codes
+    that were projected. Branch-free, so a tensor radius never forces a device-to-host sync.
     """
     norms = codebook.norm(dim=1)
     outside = norms > radius
-    if outside.any():
-        codebook[outside] *= (radius / norms[outside]).unsqueeze(1).to(codebook.dtype)
+    scale = torch.where(outside, radius / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.ones_like(norms))
+    codebook.mul_(scale.unsqueeze(1).to(codebook.dtype))
     return outside
 
 
@@ -158,26 +167,27 @@ def _top_k_per_row(scores: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torc
 
 def _chunk_loss_and_cosine_gradient(
     code_chunk: torch.Tensor, latents: torch.Tensor, top_k: int, scale: float, margin: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-code arc loss of one block of codes against all latents, and its gradient with respect to the cosines.
 
-    Only one (k, N) matrix exists: the cosines, overwritten in place by the shifted exponentials and then by the
-    gradient of the non-positive entries. Every row is shifted by s * (its largest cosine), an upper bound of its
-    logits, so no exponential overflows and the largest term is at least exp(-s * m).
+    Only one (k, N) matrix exists: the logits s * cos, overwritten in place by their shifted exponentials. Every
+    row is shifted by its largest logit, so no exponential overflows and the largest term is at least exp(-s * m).
 
     Returns:
         losses (k,): log sum_i exp(l_ji) - log sum_{i in P_j} exp(l_ji).
-        dense_gradient (k, N): d losses_j / d cos_ji for the non-positives, zero at the positives.
+        exponentials (k, N): exp(s * cos_ji - shift_j), zero at the positives.
+        row_scale (k,): d losses_j / d cos_ji = row_scale_j * exponentials_ji for every non-positive i.
         positive_indices (k, top_k): P_j.
         positive_gradient (k, top_k): d losses_j / d cos_ji at the positives.
     """
-    cosines = code_chunk @ latents.T
-    positive_cosines, positive_indices = _top_k_per_row(cosines, top_k)
-    # exp(s * cos - s * max cos), with the positives (which carry the margin instead) zeroed.
-    shift = positive_cosines[:, :1]
-    exponentials = cosines.sub_(shift).mul_(scale).exp_()
+    logits = (code_chunk * scale) @ latents.T
+    top_logits, positive_indices = _top_k_per_row(logits, top_k)
+    shift = top_logits[:, :1]
+    # The positives' cosines, recomputed exactly from the vectors (top_k per code: cheap, and no division by s).
+    positive_cosines = (code_chunk[:, None, :] * latents[positive_indices]).sum(dim=2)
+    exponentials = logits.sub_(shift).exp_()
     exponentials.scatter_(1, positive_indices, 0.0)
-    positive_exponentials = (_margin_logits(positive_cosines, scale, margin) - scale * shift).exp()
+    positive_exponentials = (_margin_logits(positive_cosines, scale, margin) - shift).exp()
     positive_sum = positive_exponentials.sum(dim=1)
     total_sum = exponentials.sum(dim=1) + positive_sum
     losses = total_sum.log() - positive_sum.log()
@@ -185,8 +195,7 @@ def _chunk_loss_and_cosine_gradient(
     positive_gradient = (
         positive_exponentials / total_sum[:, None] - positive_exponentials / positive_sum[:, None]
     ) * _margin_logit_slope(positive_cosines, scale, margin)
-    dense_gradient = exponentials.mul_((scale / total_sum)[:, None])
-    return losses, dense_gradient, positive_indices, positive_gradient
+    return losses, exponentials, scale / total_sum, positive_indices, positive_gradient
 
 
 class _ChunkedArcMarginLoss(torch.autograd.Function):
@@ -200,13 +209,14 @@ class _ChunkedArcMarginLoss(torch.autograd.Function):
         total = latents.new_zeros((), dtype=torch.float32)
         grad_latents = torch.zeros_like(latents) if needs_gradient else None
         for code_chunk in codes.split(rows):
-            losses, dense_gradient, positive_indices, positive_gradient = _chunk_loss_and_cosine_gradient(
+            losses, exponentials, row_scale, positive_indices, positive_gradient = _chunk_loss_and_cosine_gradient(
                 code_chunk, latents, top_k, scale, margin
             )
             total = total + losses.sum()
             if needs_gradient:
-                # d cos_ji / d z_i = e_j: a dense product for the non-positives, a scatter-add for the positives.
-                grad_latents.addmm_(dense_gradient.T, code_chunk)
+                # d cos_ji / d z_i = e_j: a dense product for the non-positives (the per-code factor folded into
+                # the codes, not into the K x N block), a scatter-add for the positives.
+                grad_latents.addmm_(exponentials.T, code_chunk * row_scale[:, None])
                 positive_rows = code_chunk[:, None, :] * positive_gradient[:, :, None]
                 grad_latents.index_add_(0, positive_indices.reshape(-1), positive_rows.reshape(-1, code_chunk.shape[1]))
         num_codes = codes.shape[0]
@@ -341,12 +351,18 @@ class SphericalAngularMarginQuantizer(nn.Module):
             return 0.0
         return arc_weight_at(self.current_step, self.arc_weight, self.arc_weight_decay)
 
+    def schedule_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R(t), gamma_t) as float32 scalars on the step buffer's device, computed there (no host sync)."""
+        radius = ball_radius(self.step, self.ball_growth_rate)
+        weight = arc_weight_at(self.step, self.arc_weight, self.arc_weight_decay)
+        return radius, weight if self.use_arc_margin else torch.zeros_like(weight)
+
     def reset_codebook(self) -> None:
         init_codebook_(self.embedding.weight, self.codebook_init)
 
     def apply_ball_bound(self) -> torch.Tensor:
         """Project the codebook into the ball of radius R(step); returns the mask of codes that moved."""
-        return project_onto_ball_(self.embedding.weight, self.ball_radius)
+        return project_onto_ball_(self.embedding.weight, ball_radius(self.step, self.ball_growth_rate))
 
     def codes_for(self, indices: torch.Tensor) -> torch.Tensor:
         """(...,) ids -> (..., D) raw code vectors, exactly what the decoder consumes."""
