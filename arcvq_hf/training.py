@@ -867,6 +867,12 @@ def run_training(
     train_seconds = time.time() - start
     metrics = trainer.evaluate()
     trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        # Trainer pickles its arguments beside the weights; a folder meant to be shared holds no pickle (the exact
+        # command is in the model card instead).
+        pickled_arguments = os.path.join(training_args.output_dir, "training_args.bin")
+        if os.path.exists(pickled_arguments):
+            os.remove(pickled_arguments)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.log_metrics("eval", metrics)

@@ -279,6 +279,7 @@ def test_run_training_writes_a_complete_model_folder_and_fine_tunes(tmp_path) ->
         "eval_results.json",
     ):
         assert (output / name).exists(), name
+    assert not [path.name for path in output.iterdir() if path.suffix in (".bin", ".pt", ".pkl", ".pth")]
     model = ArcVQModel.from_pretrained(output)
     assert model.training_step == 3
     expected_variance = float(np.var(mnist_arrays()[0][:40]))
