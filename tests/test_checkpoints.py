@@ -41,6 +41,24 @@ def _reconstruct(model, processor, images) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", sorted(PSNR_FLOORS))
+def test_checkpoint_remote_code_is_the_package_source(name):
+    # `trust_remote_code=True` runs the .py files inside the folder, so they are copies of the package; a change to
+    # the package that is not copied here would ship stale remote code.
+    package = Path(arcvq_hf.__file__).parent
+    copies = sorted((CHECKPOINTS / name).glob("*.py"))
+    assert [copy.name for copy in copies] == [
+        "configuration_arcvq.py",
+        "image_processing_arcvq.py",
+        "modeling_arcvq.py",
+        "quantization.py",
+    ]
+    for copy in copies:
+        assert copy.read_bytes() == (package / copy.name).read_bytes(), (
+            f"checkpoints/{name}/{copy.name} differs from arcvq_hf/{copy.name}: copy the package file into the folder"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(PSNR_FLOORS))
 def test_checkpoint_loads_with_auto_classes_and_reconstructs_above_its_floor(name):
     dataset, channels, floor = PSNR_FLOORS[name]
     folder = CHECKPOINTS / name
