@@ -9,7 +9,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -139,22 +139,73 @@ def converted_processor(
     )
 
 
+HUB_PREFIX = "hf://"
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local checkpoint file, or `hf://owner/repo/path/in/repo` downloaded with `hf_hub_download` (needs network,
+    or the file in the local Hub cache). Raises FileNotFoundError that names what was looked for."""
+    spec = str(checkpoint)
+    if not spec.startswith(HUB_PREFIX):
+        path = Path(spec)
+        if not path.is_file():
+            hint = f" For a file on the Hub write {HUB_PREFIX}owner/repo/path/in/repo." if not path.exists() else ""
+            raise FileNotFoundError(f"No checkpoint file at {path}.{hint}")
+        return path
+    parts = spec.removeprefix(HUB_PREFIX).split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ValueError(f"{spec!r} is not a Hub file; expected {HUB_PREFIX}owner/repo/path/in/repo.")
+    from huggingface_hub import hf_hub_download
+
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision))
+    except Exception as err:  # hub errors: offline, missing repo or file, no access
+        raise FileNotFoundError(
+            f"Could not get {filename!r} from the Hub repo {repo_id!r} ({type(err).__name__}: {err}). Check the "
+            "repo and path and that you are online (HF_HUB_OFFLINE unset), or download the file and pass its path."
+        ) from err
+
+
 def add_converter_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by the converter CLIs: checkpoint, output_dir, --preset, --image-mean/-std, --overwrite."""
     parser.add_argument(
-        "checkpoint", help="state dict file (.pt/.pth/.ckpt read with weights_only=True, or .safetensors)"
+        "checkpoint",
+        help="state dict file (.pt/.pth/.ckpt read with weights_only=True, or .safetensors), or a Hub file "
+        f"{HUB_PREFIX}owner/repo/path/in/repo",
     )
     parser.add_argument("output_dir", help="folder to write (ArcVQModel + ArcVQImageProcessor, safetensors)")
     parser.add_argument(
         "--preset",
-        default="arcvq",
+        default="arcvq-authors",
         choices=sorted(PRESETS),
-        help="quantizer settings, not stored in a state dict: 'arcvq' assigns codes by angle (the authors' ArcVQ "
-        "models), 'vq-baseline' by Euclidean distance (plain VQ-VAE / VQGAN checkpoints)",
+        help="quantizer settings and recipe, not stored in a state dict: 'arcvq-authors' (default) assigns codes by "
+        "angle with the authors' recipe (their ArcVQ models), 'vq-baseline' by Euclidean distance (plain VQ-VAE / "
+        "VQGAN checkpoints)",
     )
     parser.add_argument("--image-mean", type=float, nargs="+", default=None, help="processor mean (default 0.5)")
     parser.add_argument("--image-std", type=float, nargs="+", default=None, help="processor std (default 0.5)")
     parser.add_argument("--overwrite", action="store_true", help="replace output_dir if it exists")
+
+
+def run_converter_cli(
+    argv: Sequence[str] | None,
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    convert: Callable[[argparse.Namespace], Path],
+) -> None:
+    """The converters' command line: shared and converter-specific arguments, then `convert(args)`; a bad input
+    exits with status 1 and one line that says what was wrong, not a traceback."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_converter_arguments(parser)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        output = convert(args)
+    except (ValueError, OSError) as err:
+        parser.exit(1, f"error: {err}\n")
+    print(f"Wrote ArcVQ model to {output} (load with ArcVQModel.from_pretrained).")
 
 
 def save_converted_folder(
@@ -203,6 +254,7 @@ def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) ->
 
 
 __all__ = [
+    "HUB_PREFIX",
     "add_converter_arguments",
     "atomic_output_dir",
     "build_converted_model",
@@ -210,5 +262,7 @@ __all__ = [
     "load_state_dict_file",
     "remap_state_dict",
     "require_key",
+    "resolve_checkpoint",
+    "run_converter_cli",
     "save_converted_folder",
 ]

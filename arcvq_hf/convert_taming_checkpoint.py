@@ -17,11 +17,14 @@ q / k / v / proj_out are 1x1 convolutions; diffusers' are linears `to_q` / `to_k
 
 Channels, ch_mult, num_res_blocks, z_channels, K and D come from the tensor shapes; attention must be either
 absent or only at the lowest resolution (what ArcVQ's config can express). GroupNorm group counts are not visible
-in shapes: taming uses 32 (`norm_num_groups`). The assignment rule comes from `preset`: default `arcvq` (by angle,
-the authors' ArcVQ-VQGAN); a plain taming VQGAN was trained with Euclidean assignment, convert it with
+in shapes: taming uses 32 (`norm_num_groups`). The assignment rule and the recipe come from `preset`: default
+`arcvq-authors` (by angle, with the authors' ImageNet recipe: gamma0 1, lambda 1e-4, s 10, m 0.1, top-k 3,
+alpha 5e-5, legacy beta placement); a plain taming VQGAN was trained with Euclidean assignment, convert it with
 `preset="vq-baseline"`.
 
-CLI: `python -m arcvq_hf.convert_taming_checkpoint IN OUT [--preset arcvq] [--norm-num-groups 32]`.
+`checkpoint` is a local file or, when online, a file on the Hub: `hf://goals4292/ArcVQ-VAE/<path in the repo>`.
+
+CLI: `python -m arcvq_hf.convert_taming_checkpoint IN OUT [--preset arcvq-authors] [--norm-num-groups 32]`.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ import torch
 
 from .configuration_arcvq import ArcVQConfig
 from .convert_common import (
-    add_converter_arguments,
     build_converted_model,
     converted_processor,
     load_state_dict_file,
     require_key,
+    resolve_checkpoint,
+    run_converter_cli,
     save_converted_folder,
 )
 from .modeling_arcvq import ArcVQModel
@@ -55,7 +59,7 @@ _MID_PARTS = {"resnets.0": "block_1", "attentions.0": "attn_1", "resnets.1": "bl
 
 
 def infer_taming_config(
-    state_dict: Mapping[str, torch.Tensor], preset: str = "arcvq", norm_num_groups: int = 32
+    state_dict: Mapping[str, torch.Tensor], preset: str = "arcvq-authors", norm_num_groups: int = 32
 ) -> ArcVQConfig:
     """ArcVQConfig (backbone 'vqgan', quantizer settings of `preset`) whose sizes match the state dict's shapes."""
     conv_in = require_key(state_dict, "encoder.conv_in.weight", LAYOUT)
@@ -159,7 +163,7 @@ def _source_key_for(num_levels: int):
 
 
 def convert_taming_state_dict(
-    state_dict: Mapping[str, torch.Tensor], preset: str = "arcvq", norm_num_groups: int = 32
+    state_dict: Mapping[str, torch.Tensor], preset: str = "arcvq-authors", norm_num_groups: int = 32
 ) -> ArcVQModel:
     """A taming VQGAN state dict -> ArcVQModel (vqgan backbone, eval mode) computing the same functions."""
     config = infer_taming_config(state_dict, preset, norm_num_groups)
@@ -173,42 +177,43 @@ def convert_taming_state_dict(
 
 
 def convert_taming_checkpoint(
-    checkpoint_path: str | os.PathLike,
+    checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
-    preset: str = "arcvq",
+    preset: str = "arcvq-authors",
     image_mean: list[float] | None = None,
     image_std: list[float] | None = None,
     overwrite: bool = False,
     norm_num_groups: int = 32,
 ) -> Path:
-    """Read `checkpoint_path` (torch / Lightning file loaded with weights_only=True, or .safetensors) and write an
-    ArcVQ folder (model + image processor) to `output_dir` atomically. Returns `output_dir`."""
-    model = convert_taming_state_dict(load_state_dict_file(checkpoint_path), preset, norm_num_groups)
+    """Read `checkpoint` (a local torch / Lightning file loaded with weights_only=True or .safetensors, or
+    `hf://repo/path`) and write an ArcVQ folder (model + image processor) to `output_dir` atomically.
+    Returns `output_dir`."""
+    state_dict = load_state_dict_file(resolve_checkpoint(checkpoint))
+    model = convert_taming_state_dict(state_dict, preset, norm_num_groups)
     processor = converted_processor(model.config, image_mean, image_std)
     return save_converted_folder(model, processor, output_dir, overwrite=overwrite)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--norm-num-groups", type=int, default=32, help="GroupNorm groups (taming uses 32)")
+
+    run_converter_cli(
+        argv,
         prog="python -m arcvq_hf.convert_taming_checkpoint",
-        description="Convert a taming-transformers VQGAN checkpoint into an ArcVQ folder (vqgan backbone).",
-    )
-    add_converter_arguments(parser)
-    parser.add_argument("--norm-num-groups", type=int, default=32, help="GroupNorm groups (taming uses 32)")
-    args = parser.parse_args(argv)
-    try:
-        output = convert_taming_checkpoint(
+        description="Convert a taming-transformers VQGAN checkpoint (e.g. the authors' ArcVQ VQGAN .ckpt) into an "
+        "ArcVQ folder (vqgan backbone).",
+        add_arguments=add_arguments,
+        convert=lambda args: convert_taming_checkpoint(
             args.checkpoint,
             args.output_dir,
-            args.preset,
-            args.image_mean,
-            args.image_std,
-            args.overwrite,
-            args.norm_num_groups,
-        )
-    except (ValueError, OSError) as err:
-        parser.exit(1, f"error: {err}\n")
-    print(f"Wrote ArcVQ model to {output} (load with ArcVQModel.from_pretrained).")
+            preset=args.preset,
+            image_mean=args.image_mean,
+            image_std=args.image_std,
+            overwrite=args.overwrite,
+            norm_num_groups=args.norm_num_groups,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -19,24 +19,25 @@ from .quantization import SphericalAngularMarginQuantizer, init_codebook_
 
 # ----------------------------------------------------------------------------------------------------------------
 # Blocks of the paper's small VQ-VAE (SPEC.md §1): x4 down/up-sampling, residual stack of ReLU-3x3-ReLU-1x1.
-# Convolutions inside residual blocks carry no bias, as in the reference implementation.
+# Every convolution has a bias, as in the authors' release, so their trained weights load unchanged.
 # ----------------------------------------------------------------------------------------------------------------
 
 
 class VQVAEResidualLayer(nn.Module):
-    """x + Conv1x1(ReLU(Conv3x3(ReLU(x)))); shape-preserving (B, hidden, h, w)."""
+    """relu(x) + Conv1x1(ReLU(Conv3x3(relu(x)))); shape-preserving (B, hidden, h, w).
+
+    The skip carries relu(x), not x: the authors' block starts with an in-place ReLU that overwrites its input
+    before the addition, and a model that loads their weights must compute the same function.
+    """
 
     def __init__(self, hidden_size: int, residual_hidden_size: int) -> None:
         super().__init__()
-        self.block = nn.Sequential(
-            nn.ReLU(),
-            nn.Conv2d(hidden_size, residual_hidden_size, kernel_size=3, padding=1, bias=False),
-            nn.ReLU(),
-            nn.Conv2d(residual_hidden_size, hidden_size, kernel_size=1, bias=False),
-        )
+        self.conv_3x3 = nn.Conv2d(hidden_size, residual_hidden_size, kernel_size=3, padding=1)
+        self.conv_1x1 = nn.Conv2d(residual_hidden_size, hidden_size, kernel_size=1)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states + self.block(hidden_states)
+        activated = F.relu(hidden_states)
+        return activated + self.conv_1x1(F.relu(self.conv_3x3(activated)))
 
 
 class VQVAEResidualStack(nn.Module):
@@ -289,23 +290,7 @@ class ArcVQModel(ArcVQPreTrainedModel):
             self.decoder = build_vqgan_decoder(config)
             self.post_quant_conv = nn.Conv2d(config.codebook_dim, config.latent_channels, kernel_size=1)
         self.quant_conv = nn.Conv2d(self.encoder.out_channels, config.codebook_dim, kernel_size=1)
-        self.quantizer = SphericalAngularMarginQuantizer(
-            codebook_size=config.codebook_size,
-            codebook_dim=config.codebook_dim,
-            distance=config.distance,
-            codebook_init=config.codebook_init,
-            commitment_cost=config.commitment_cost,
-            legacy_beta_placement=config.legacy_beta_placement,
-            use_ball_bound=config.use_ball_bound,
-            ball_growth_rate=config.ball_growth_rate,
-            use_arc_margin=config.use_arc_margin,
-            arc_scale=config.arc_scale,
-            arc_margin=config.arc_margin,
-            arc_top_k=config.arc_top_k,
-            arc_weight=config.arc_weight,
-            arc_weight_decay=config.arc_weight_decay,
-            chunk_elements=config.quantizer_chunk_elements,
-        )
+        self.quantizer = SphericalAngularMarginQuantizer(config)
         self.post_init()
 
     # ----- schedules -------------------------------------------------------------------------------------------
@@ -412,7 +397,8 @@ class ArcVQModel(ArcVQPreTrainedModel):
         """pixel_values (B, C, H, W) in [-1, 1] -> image_tokens (B, H/f, W/f) and latents (B, D, H/f, W/f)."""
         self._check_pixel_values(pixel_values)
         latents = self._latents(pixel_values)
-        quantized = self.quantizer(latents, compute_loss=True)
+        # The arc loss only trains the encoder: encode() has no use for it.
+        quantized = self.quantizer(latents, compute_vq_loss=True, compute_arc_loss=False)
         output = ArcVQEncoderOutput(
             image_tokens=quantized.indices,
             latents=latents,
@@ -445,7 +431,7 @@ class ArcVQModel(ArcVQPreTrainedModel):
         """
         self._check_pixel_values(pixel_values)
         latents = self._latents(pixel_values)
-        quantized = self.quantizer(latents, compute_loss=return_loss)
+        quantized = self.quantizer(latents, compute_vq_loss=return_loss, compute_arc_loss=return_loss)
         reconstruction = self.decode_latents(quantized.quantized)
         # Schedules as device tensors: reading the step buffer on the host would sync a GPU every forward.
         ball_radius, arc_weight = self.quantizer.schedule_tensors()

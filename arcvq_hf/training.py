@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 
-from .configuration_arcvq import ArcVQConfig
+from .configuration_arcvq import PRESETS, ArcVQConfig
 from .data import BUILTIN_DATASETS, load_image_dataset, train_eval_splits
 from .image_processing_arcvq import ArcVQImageProcessor
 from .metrics import ReconstructionMetrics, codebook_geometry
@@ -575,7 +575,7 @@ class ArcVQGANTrainer(ArcVQTrainer):
 # Arguments of the training example, model building, the run itself and the model card
 # ----------------------------------------------------------------------------------------------------------------
 
-PRESET_NAMES = ("arcvq", "vq-baseline", "cosine-only", "no-ball", "no-arc")
+PRESET_NAMES = tuple(PRESETS)
 
 
 @dataclass
@@ -586,9 +586,7 @@ class ModelArguments:
         default=None, metadata={"help": "Saved ArcVQ folder or hub id to fine-tune; the schedules continue from it."}
     )
     variant: str = field(default="vqvae", metadata={"help": "Backbone of a fresh model: vqvae or vqgan."})
-    preset: str = field(
-        default="arcvq", metadata={"help": "Quantizer preset: arcvq, vq-baseline, cosine-only, no-ball, no-arc."}
-    )
+    preset: str = field(default="arcvq", metadata={"help": f"Quantizer preset: {', '.join(PRESETS)}."})
     num_channels: int | None = field(default=None, metadata={"help": "1 or 3; default: from the data / the model."})
     codebook_size: int | None = field(default=None, metadata={"help": "K (preset default if unset)."})
     codebook_dim: int | None = field(default=None, metadata={"help": "D (preset default if unset)."})

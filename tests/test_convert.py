@@ -7,6 +7,7 @@ Encoder / Decoder for the VQGAN), so the key mapping is checked against an indep
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import pytest
@@ -15,9 +16,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
+from arcvq_hf.convert_common import resolve_checkpoint
 from arcvq_hf.convert_taming_checkpoint import convert_taming_checkpoint, convert_taming_state_dict
 from arcvq_hf.convert_taming_checkpoint import main as taming_main
-from arcvq_hf.convert_vqvae_checkpoint import convert_vqvae_checkpoint, convert_vqvae_state_dict
+from arcvq_hf.convert_vqvae_checkpoint import MNIST_DATA_VARIANCE, convert_vqvae_checkpoint, convert_vqvae_state_dict
 from arcvq_hf.convert_vqvae_checkpoint import main as vqvae_main
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -35,8 +37,16 @@ def _bias(generator: torch.Generator, channels: int) -> torch.Tensor:
 
 
 def authors_vqvae_state_dict(
-    channels: int = 3, hidden: int = 32, residual_hidden: int = 8, layers: int = 2, codes: int = 32, dim: int = 8
+    channels: int = 3,
+    hidden: int = 32,
+    residual_hidden: int = 8,
+    layers: int = 2,
+    codes: int = 32,
+    dim: int = 8,
+    residual_biases: bool = True,
 ) -> dict[str, torch.Tensor]:
+    """`modules.Model(...).state_dict()` of the authors' release (every conv with a bias); without
+    `residual_biases`, the PyTorch VQ-VAE notebook's layout (bias-free residual convolutions)."""
     g = torch.Generator().manual_seed(0)
     sd = {
         "_encoder._conv_1.weight": _conv(g, hidden // 2, channels, 4),
@@ -58,16 +68,24 @@ def authors_vqvae_state_dict(
     }
     for part in ("_encoder", "_decoder"):
         for i in range(layers):
-            sd[f"{part}._residual_stack._layers.{i}._block.1.weight"] = _conv(g, residual_hidden, hidden, 3)
-            sd[f"{part}._residual_stack._layers.{i}._block.3.weight"] = _conv(g, hidden, residual_hidden, 1)
+            block = f"{part}._residual_stack._layers.{i}._block"
+            sd[f"{block}.1.weight"] = _conv(g, residual_hidden, hidden, 3)
+            sd[f"{block}.3.weight"] = _conv(g, hidden, residual_hidden, 1)
+            if residual_biases:
+                sd[f"{block}.1.bias"] = _bias(g, residual_hidden)
+                sd[f"{block}.3.bias"] = _bias(g, hidden)
     return sd
 
 
 def _authors_residual_stack(sd: dict, prefix: str, x: torch.Tensor) -> torch.Tensor:
+    """Their block is `x + Sequential(ReLU(inplace=True), Conv3x3, ReLU, Conv1x1)(x)`: the in-place ReLU overwrites x
+    before the addition, so the skip carries relu(x)."""
     i = 0
     while f"{prefix}._layers.{i}._block.1.weight" in sd:
-        h = F.conv2d(F.relu(x), sd[f"{prefix}._layers.{i}._block.1.weight"], padding=1)
-        x = x + F.conv2d(F.relu(h), sd[f"{prefix}._layers.{i}._block.3.weight"])
+        block = f"{prefix}._layers.{i}._block"
+        x = F.relu(x)
+        h = F.conv2d(x, sd[f"{block}.1.weight"], sd.get(f"{block}.1.bias"), padding=1)
+        x = x + F.conv2d(F.relu(h), sd[f"{block}.3.weight"], sd.get(f"{block}.3.bias"))
         i += 1
     return F.relu(x)
 
@@ -246,9 +264,11 @@ def _pixels(channels: int, size: int = 16) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("channels", "suffix"), [(3, ".pt"), (1, ".safetensors")])
-def test_vqvae_conversion_matches_functional_forward(tmp_path, channels, suffix):
-    sd = authors_vqvae_state_dict(channels=channels)
+@pytest.mark.parametrize(
+    ("channels", "suffix", "residual_biases"), [(3, ".pt", True), (1, ".safetensors", True), (3, ".pt", False)]
+)
+def test_vqvae_conversion_matches_functional_forward(tmp_path, channels, suffix, residual_biases):
+    sd = authors_vqvae_state_dict(channels=channels, residual_biases=residual_biases)
     path = tmp_path / f"authors{suffix}"
     if suffix == ".safetensors":
         save_file(sd, str(path))
@@ -266,6 +286,10 @@ def test_vqvae_conversion_matches_functional_forward(tmp_path, channels, suffix)
     )
     assert (config.num_residual_layers, config.codebook_size, config.codebook_dim) == (2, 32, 8)
     assert config.distance == "cosine" and config.use_arc_margin and config.use_ball_bound
+    # The authors' recipe, not ours: gamma0 1 and their MNIST model's MSE normaliser.
+    assert (config.arc_weight, config.arc_weight_decay, config.arc_scale, config.arc_margin) == (1.0, 5e-4, 5.0, 0.1)
+    assert (config.arc_top_k, config.ball_growth_rate, config.legacy_beta_placement) == (3, 3e-4, False)
+    assert config.data_variance == MNIST_DATA_VARIANCE
     assert processor.num_channels == channels and processor.size_divisor == 4
     assert sorted(p.name for p in out.iterdir() if p.suffix in (".bin", ".safetensors")) == ["model.safetensors"]
 
@@ -283,6 +307,61 @@ def test_vqvae_conversion_matches_functional_forward(tmp_path, channels, suffix)
         )
 
 
+def authors_training_loss(sd: dict, x: torch.Tensor, step: int, data_variance: float) -> torch.Tensor:
+    """The authors' training loss at `step` (their main.py `train` with gamma 1, gamma_decay 5e-4; modules.Model with
+    s 5, m 0.1, top-k 3; BBNR alpha 3e-4 before quantization): mse / data_variance + codebook + 0.25 * commitment
+    + gamma * exp(-gamma_decay * step) * arc, with the arc loss written the way they write it (acos, dense)."""
+    codebook = sd["_vq_vae.embedding.weight"]
+    norms = codebook.norm(dim=1, keepdim=True)
+    radius = torch.exp(torch.tensor(3e-4 * step))
+    codebook = torch.where(norms > radius, codebook * radius / norms, codebook)
+    z = authors_vqvae_encode(sd, x)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    tokens = (F.normalize(flat, dim=1) @ F.normalize(codebook, dim=1).T).argmax(1)
+    z_q = codebook[tokens]
+    vq = F.mse_loss(z_q, flat.detach()) + 0.25 * F.mse_loss(z_q.detach(), flat)
+    decoded_codes = (flat + (z_q - flat).detach()).reshape(z.shape[0], z.shape[2], z.shape[3], -1)
+    reconstruction = authors_vqvae_decode(sd, decoded_codes.permute(0, 3, 1, 2))
+    cosines = F.normalize(codebook, dim=1) @ F.normalize(flat, dim=1).T  # (K, N)
+    top_values, top_index = cosines.topk(3, dim=1)
+    logits = cosines.clone()
+    logits.scatter_(1, top_index, torch.cos(torch.acos(top_values.clamp(-1 + 1e-7, 1 - 1e-7)) + 0.1))
+    logits = 5.0 * logits
+    arc = -torch.log(logits.gather(1, top_index).exp().sum(1) / logits.exp().sum(1)).mean()
+    return F.mse_loss(reconstruction, x) / data_variance + vq + math.exp(-5e-4 * step) * arc
+
+
+def test_converted_model_continues_the_authors_training_loss():
+    """With the converted config (preset arcvq-authors, their data variance) the training loss at step 10 is theirs."""
+    sd = authors_vqvae_state_dict(channels=1)
+    model = convert_vqvae_state_dict(sd, data_variance=0.3814).train()
+    model.set_training_step(10)
+    x = _pixels(1)
+    ours = model(x).loss
+    theirs = authors_training_loss(sd, x, step=10, data_variance=0.3814)
+    assert abs(ours.item() - theirs.item()) <= 1e-5 * max(1.0, abs(theirs.item()))
+    # Our default recipe (gamma0 1.5) is a different loss: the preset matters.
+    ours_default = convert_vqvae_state_dict(sd, preset="arcvq", data_variance=0.3814).train()
+    ours_default.set_training_step(10)
+    assert abs(ours_default(x).loss.item() - theirs.item()) > 1e-3
+
+
+def test_hub_checkpoints_resolve_by_hf_path_and_fail_clearly_offline(tmp_path, monkeypatch):
+    local = tmp_path / "best.pt"
+    local.write_bytes(b"")
+    assert resolve_checkpoint(local) == local
+    with pytest.raises(
+        FileNotFoundError, match=r"No checkpoint file at .*absent\.pt\. For a file on the Hub write hf://"
+    ):
+        resolve_checkpoint(tmp_path / "absent.pt")
+    with pytest.raises(ValueError, match="expected hf://owner/repo/path/in/repo"):
+        resolve_checkpoint("hf://goals4292/ArcVQ-VAE")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(FileNotFoundError, match=r"'MNIST/best\.pt' from the Hub repo 'goals4292/ArcVQ-VAE'"):
+        resolve_checkpoint("hf://goals4292/ArcVQ-VAE/MNIST/best.pt")
+
+
 def test_vqvae_round_trip_and_baseline_preset(tmp_path):
     sd = authors_vqvae_state_dict()
     in_memory = convert_vqvae_state_dict(sd, preset="vq-baseline")
@@ -296,10 +375,11 @@ def test_vqvae_round_trip_and_baseline_preset(tmp_path):
     assert all(torch.equal(saved[key], reloaded[key]) for key in saved)
     # Every source tensor lands unchanged in the converted model.
     assert torch.equal(reloaded["quant_conv.weight"], sd["_pre_vq_conv.weight"])
-    assert torch.equal(
-        reloaded["decoder.residual_stack.layers.1.block.3.weight"],
-        sd["_decoder._residual_stack._layers.1._block.3.weight"],
-    )
+    for parameter in ("weight", "bias"):
+        assert torch.equal(
+            reloaded[f"decoder.residual_stack.layers.1.conv_1x1.{parameter}"],
+            sd[f"_decoder._residual_stack._layers.1._block.3.{parameter}"],
+        )
     processor = ArcVQImageProcessor.from_pretrained(tmp_path / "out")
     assert processor.image_mean == [0.5] * 3 and processor.image_std == [1.0] * 3
     x = _pixels(3)
@@ -332,10 +412,6 @@ def test_vqvae_key_and_shape_errors_name_the_keys(tmp_path):
     mismatched = {**sd, "_decoder._conv_1.weight": torch.zeros(32, 8, 5, 5)}
     with pytest.raises(ValueError, match=r"_decoder\._conv_1\.weight: \(32, 8, 5, 5\) in the file"):
         convert_vqvae_state_dict(mismatched)
-
-    with_biases = {**sd, "_encoder._residual_stack._layers.0._block.1.bias": torch.zeros(8)}
-    with pytest.raises(ValueError, match=r"bias-free residual.*_layers\.0\._block\.1\.bias|_block\.1\.bias.*bias-free"):
-        convert_vqvae_state_dict(with_biases)
 
     no_codebook = {key: value for key, value in sd.items() if not key.startswith("_vq_vae")}
     with pytest.raises(ValueError, match="_vq_vae.embedding.weight"):
@@ -418,6 +494,9 @@ def test_taming_conversion_matches_functional_forward(tmp_path, ch_mult, attenti
     assert config.channel_multipliers == list(ch_mult) and config.layers_per_block == 1
     assert config.attention_at_lowest_resolution is attention and config.latent_channels == 8
     assert (config.codebook_size, config.codebook_dim, config.norm_num_groups) == (32, 4, 8)
+    # The authors' ImageNet recipe travels with the converted model (configs/imagenet_vqgan.yaml of their fork).
+    assert (config.arc_weight, config.arc_weight_decay, config.arc_scale, config.arc_margin) == (1.0, 1e-4, 10.0, 0.1)
+    assert (config.arc_top_k, config.ball_growth_rate, config.legacy_beta_placement) == (3, 5e-5, True)
     assert ArcVQImageProcessor.from_pretrained(out).size_divisor == 2 ** (len(ch_mult) - 1)
 
     x = _pixels(3)

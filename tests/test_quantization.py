@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from arcvq_hf.configuration_arcvq import ArcVQConfig
 from arcvq_hf.quantization import (
     SphericalAngularMarginQuantizer,
     arc_margin_loss,
@@ -46,12 +47,12 @@ def test_euclidean_assignment_matches_cdist(max_elements):
 
 
 def test_assignment_is_float32_under_bfloat16_autocast():
-    quantizer = SphericalAngularMarginQuantizer(codebook_size=64, codebook_dim=16)
+    quantizer = SphericalAngularMarginQuantizer(ArcVQConfig(codebook_size=64, codebook_dim=16))
     quantizer.reset_codebook()
     latents = torch.randn(2, 16, 5, 5)
-    reference = quantizer(latents, compute_loss=False).indices
+    reference = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False).indices
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = quantizer(latents, compute_loss=False).indices
+        under_autocast = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False).indices
     assert torch.equal(reference, under_autocast)
 
 
@@ -128,33 +129,33 @@ def test_ball_projection_moves_only_codes_outside():
 
 
 def test_quantizer_applies_ball_bound_in_training_only_and_follows_the_step():
-    quantizer = SphericalAngularMarginQuantizer(codebook_size=16, codebook_dim=4, ball_growth_rate=1e-3)
+    quantizer = SphericalAngularMarginQuantizer(ArcVQConfig(codebook_size=16, codebook_dim=4, ball_growth_rate=1e-3))
     with torch.no_grad():
         quantizer.embedding.weight.copy_(F.normalize(torch.randn(16, 4), dim=1) * 5)
     latents = torch.randn(1, 4, 3, 3)
     quantizer.eval()
-    quantizer(latents, compute_loss=False)
+    quantizer(latents, compute_vq_loss=False, compute_arc_loss=False)
     torch.testing.assert_close(quantizer.embedding.weight.norm(dim=1), torch.full((16,), 5.0))
     quantizer.train()
     quantizer.step.fill_(1000)  # R = e^1
-    quantizer(latents, compute_loss=False)
+    quantizer(latents, compute_vq_loss=False, compute_arc_loss=False)
     torch.testing.assert_close(quantizer.embedding.weight.norm(dim=1), torch.full((16,), math.e))
 
 
 def test_quantizer_without_ball_bound_leaves_codes_alone():
-    quantizer = SphericalAngularMarginQuantizer(codebook_size=16, codebook_dim=4, use_ball_bound=False)
+    quantizer = SphericalAngularMarginQuantizer(ArcVQConfig(codebook_size=16, codebook_dim=4, use_ball_bound=False))
     with torch.no_grad():
         quantizer.embedding.weight.mul_(0).add_(7.0)
     quantizer.train()
-    quantizer(torch.randn(1, 4, 2, 2), compute_loss=False)
+    quantizer(torch.randn(1, 4, 2, 2), compute_vq_loss=False, compute_arc_loss=False)
     assert torch.all(quantizer.embedding.weight == 7.0)
 
 
 def test_straight_through_forward_is_the_code_and_backward_is_identity():
-    quantizer = SphericalAngularMarginQuantizer(codebook_size=32, codebook_dim=4, use_arc_margin=False)
+    quantizer = SphericalAngularMarginQuantizer(ArcVQConfig(codebook_size=32, codebook_dim=4, use_arc_margin=False))
     quantizer.reset_codebook()
     latents = torch.randn(2, 4, 3, 3, requires_grad=True)
-    output = quantizer(latents, compute_loss=False)
+    output = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False)
     expected = quantizer.embedding.weight[output.indices].permute(0, 3, 1, 2)
     torch.testing.assert_close(output.quantized, expected)
     weights = torch.randn_like(latents)
@@ -242,10 +243,10 @@ def test_arc_loss_pulls_latents_toward_their_codes():
 
 def test_codebook_gets_gradient_only_from_the_codebook_term():
     """The decoder's loss must reach the encoder through the straight-through estimator, never the codebook."""
-    quantizer = SphericalAngularMarginQuantizer(codebook_size=32, codebook_dim=4, use_arc_margin=False)
+    quantizer = SphericalAngularMarginQuantizer(ArcVQConfig(codebook_size=32, codebook_dim=4, use_arc_margin=False))
     quantizer.reset_codebook()
     latents = torch.randn(2, 4, 3, 3, requires_grad=True)
-    output = quantizer(latents, compute_loss=False)
+    output = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False)
     output.quantized.pow(2).sum().backward()
     assert quantizer.embedding.weight.grad is None or not quantizer.embedding.weight.grad.any()
     assert latents.grad.abs().sum() > 0
