@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -10,6 +12,29 @@ BACKBONES = ("vqvae", "vqgan")
 DISTANCES = ("cosine", "euclidean")
 CODEBOOK_INITS = ("uniform_normalized", "uniform_scaled")
 RECONSTRUCTION_LOSSES = ("mse", "l1")
+
+
+def check_pretrained_location(name_or_path: str | os.PathLike, what: str = "model") -> None:
+    """Raise a clear FileNotFoundError when `name_or_path` is meant as a local folder that does not exist.
+
+    transformers takes any missing path for a Hub id and answers with "Repo id must be in the form ..." or an
+    internet-connection error. A name is taken as a local path when it starts with '.', '/' or '~', ends in '/',
+    holds a backslash or more than one '/', or its parent folder exists here (so `runs/arcvq` with an existing `runs/`).
+    """
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return
+    if path.is_file():
+        raise FileNotFoundError(
+            f"{path} is a file; a {what} location is a folder (save_pretrained) or a Hub id."
+        )
+    path_like = name.startswith((".", "/", "~")) or name.endswith("/") or "\\" in name or name.count("/") > 1
+    if path_like or (path.parent != Path(".") and path.parent.is_dir()):
+        raise FileNotFoundError(
+            f"No {what} folder at {path}. Expected a folder written by save_pretrained (config.json + "
+            "model.safetensors) or a Hub id of the form owner/name."
+        )
 
 
 class ArcVQConfig(PretrainedConfig):
@@ -47,6 +72,12 @@ class ArcVQConfig(PretrainedConfig):
     """
 
     model_type = "arcvq"
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> tuple[dict, dict]:
+        """`PretrainedConfig.get_config_dict`, with a clear error for a local folder that does not exist."""
+        check_pretrained_location(pretrained_model_name_or_path)
+        return super().get_config_dict(pretrained_model_name_or_path, **kwargs)
 
     def __init__(
         self,
@@ -268,4 +299,4 @@ VQGAN_VARIANT: dict[str, Any] = {
     "reconstruction_loss": "l1",
 }
 
-__all__ = ["ArcVQConfig", "PRESETS", "VQGAN_VARIANT"]
+__all__ = ["ArcVQConfig", "PRESETS", "VQGAN_VARIANT", "check_pretrained_location"]

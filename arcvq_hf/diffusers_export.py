@@ -28,7 +28,7 @@ import torch
 from diffusers import VQModel
 
 from .convert_common import atomic_output_dir
-from .modeling_arcvq import vqgan_block_types
+from .modeling_arcvq import ArcVQModel, vqgan_block_types
 
 # Our key -> VQModel key; everything else keeps its name (encoder.*, decoder.*, quant_conv.*, post_quant_conv.*).
 _RENAMED_KEYS = {"quantizer.embedding.weight": "quantize.embedding.weight"}
@@ -83,8 +83,6 @@ def to_diffusers(model: torch.nn.Module) -> VQModel:
 def export_folder(source_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Load a saved ArcVQModel folder, export it, and write a `VQModel.save_pretrained` folder (safetensors) to
     `output_dir` atomically (staged in a temporary folder, then renamed). Returns `output_dir`."""
-    from .modeling_arcvq import ArcVQModel
-
     model = ArcVQModel.from_pretrained(source_dir)
     vq_model = to_diffusers(model)
     with atomic_output_dir(output_dir, overwrite=overwrite) as staging:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,12 +104,25 @@ def vqgan_block_types(config: ArcVQConfig) -> tuple[list[str], list[str]]:
     return ["DownEncoderBlock2D"] * (levels - 1) + [lowest_down], [lowest_up] + ["UpDecoderBlock2D"] * (levels - 1)
 
 
+def _diffusers_vae_blocks() -> Any:
+    """diffusers' VAE block module; only the vqgan backbone needs it.
+
+    The import sits in a try block so that transformers' remote-code check, which lists every other import of this
+    file, does not demand diffusers for a vqvae checkpoint.
+    """
+    try:
+        from diffusers.models.autoencoders import vae
+    except ImportError as err:
+        raise ImportError(
+            "The vqgan backbone is built from diffusers' Encoder / Decoder blocks: pip install diffusers."
+        ) from err
+    return vae
+
+
 def build_vqgan_encoder(config: ArcVQConfig) -> nn.Module:
     """(B, C, H, W) -> (B, latent_channels, H/f, W/f) with f = 2^(levels-1)."""
-    from diffusers.models.autoencoders.vae import Encoder
-
     down_types, _ = vqgan_block_types(config)
-    encoder = Encoder(
+    encoder = _diffusers_vae_blocks().Encoder(
         in_channels=config.num_channels,
         out_channels=config.latent_channels,
         down_block_types=tuple(down_types),
@@ -127,10 +139,8 @@ def build_vqgan_encoder(config: ArcVQConfig) -> nn.Module:
 
 def build_vqgan_decoder(config: ArcVQConfig) -> nn.Module:
     """(B, latent_channels, h, w) -> (B, C, h*f, w*f)."""
-    from diffusers.models.autoencoders.vae import Decoder
-
     _, up_types = vqgan_block_types(config)
-    return Decoder(
+    return _diffusers_vae_blocks().Decoder(
         in_channels=config.latent_channels,
         out_channels=config.num_channels,
         up_block_types=tuple(up_types),
@@ -155,31 +165,35 @@ class ArcVQPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
 
+    # The step buffer is the only entry a checkpoint may lack: without it the schedules start at step 0.
+    _keys_allowed_missing = ("quantizer.step",)
+
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
-        """`PreTrainedModel.from_pretrained`, but safetensors only (no pickle is ever opened) and with clear errors
-        when a folder holds only a pickled checkpoint or its codebook disagrees with the config."""
-        kwargs.setdefault("use_safetensors", True)
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        except OSError as err:
-            folder = str(pretrained_model_name_or_path)
-            if os.path.isdir(folder) and not any(name.endswith(".safetensors") for name in os.listdir(folder)):
-                raise OSError(
-                    f"{folder} holds no .safetensors weights. ArcVQ loads weights from safetensors only and never "
-                    "unpickles a checkpoint (pytorch_model.bin can run arbitrary code). Convert it where you trust "
-                    "it, e.g. with torch.load(path, weights_only=True) and safetensors.torch.save_file."
-                ) from err
-            raise
-        except RuntimeError as err:
-            if "mismatched" not in str(err):
-                raise
+    def _finalize_model_loading(cls, model: nn.Module, load_config: Any, loading_info: Any) -> Any:
+        """Refuse, before transformers re-initialises anything, a checkpoint that does not fill the model.
+
+        transformers would load a file that lacks a tensor (even the codebook) with random values and a log line, and
+        reports a shape mismatch with a pointer to its log. A tokenizer with random weights gives meaningless
+        tokens, so both are errors here that name the tensors, their shapes and the config values behind them.
+        """
+        missing = sorted(set(loading_info.missing_keys) - set(cls._keys_allowed_missing))
+        mismatched = [] if load_config.ignore_mismatched_sizes else sorted(loading_info.mismatched_keys)
+        if missing or mismatched:
+            source = load_config.pretrained_model_name_or_path
+            problems = []
+            if missing:
+                problems.append(f"it lacks {missing}")
+            for key, saved_shape, model_shape in mismatched:
+                problems.append(f"{key} is {tuple(saved_shape)} in the file but {tuple(model_shape)} for this config")
+            config = model.config
             raise ValueError(
-                f"The weights in {pretrained_model_name_or_path} do not fit the config: "
-                f"{_checkpoint_codebook_note(pretrained_model_name_or_path, kwargs.get('config'), kwargs)}"
-                "Load without overriding codebook_size / codebook_dim, or pass ignore_mismatched_sizes=True to "
-                "re-initialise the mismatched tensors."
-            ) from err
+                f"The weights in {source} do not fit the model: {'; '.join(problems)}. The config builds "
+                f"codebook_size={config.codebook_size}, codebook_dim={config.codebook_dim}, "
+                f"hidden_size={config.hidden_size}, num_channels={config.num_channels} (backbone {config.backbone}). "
+                "Load without overriding the config, or pass ignore_mismatched_sizes=True to re-initialise "
+                "mismatched tensors."
+            )
+        return super()._finalize_model_loading(model, load_config, loading_info)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -200,25 +214,6 @@ class ArcVQPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.GroupNorm | nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-
-
-def _checkpoint_codebook_note(folder: str | os.PathLike, config: Any, overrides: dict[str, Any]) -> str:
-    """Say how a local checkpoint's codebook shape differs from the requested one (best effort)."""
-    weights = os.path.join(str(folder), "model.safetensors")
-    if not os.path.isfile(weights):
-        return "tensor shapes differ (see the load report above). "
-    from safetensors import safe_open
-
-    with safe_open(weights, framework="pt") as handle:
-        if "quantizer.embedding.weight" not in handle.keys():
-            return "tensor shapes differ (see the load report above). "
-        saved = tuple(handle.get_slice("quantizer.embedding.weight").get_shape())
-    wanted_size = overrides.get("codebook_size", getattr(config, "codebook_size", saved[0]))
-    wanted_dim = overrides.get("codebook_dim", getattr(config, "codebook_dim", saved[1]))
-    return (
-        f"the checkpoint's codebook has K={saved[0]} codes of dim {saved[1]}, the config asks for "
-        f"codebook_size={wanted_size}, codebook_dim={wanted_dim}. "
-    )
 
 
 @dataclass
@@ -309,26 +304,13 @@ class ArcVQModel(ArcVQPreTrainedModel):
         """(K, D) raw code vectors."""
         return self.quantizer.embedding.weight
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.quantizer.embedding
-
-    def to_diffusers(self) -> nn.Module:
-        """This vqgan-backbone model as a `diffusers.VQModel` (see `arcvq_hf.diffusers_export.to_diffusers`).
-
-        Needs the `arcvq_hf` package installed (the export code does not travel with saved checkpoints).
-        """
-        # Inside try so that transformers' remote-code import check does not require arcvq_hf.
-        try:
-            from arcvq_hf.diffusers_export import to_diffusers
-        except ImportError as err:
-            raise ImportError(
-                "ArcVQModel.to_diffusers() needs the arcvq_hf package (pip install arcvq-hf); the export code is not "
-                "shipped with checkpoints loaded through trust_remote_code."
-            ) from err
-        return to_diffusers(self)
-
     # ----- input checks ----------------------------------------------------------------------------------------
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+    # Normalised pixels stay within a few units of 0 for any sane image_mean / image_std; 0..255 data does not.
+    _max_abs_pixel_value = 8.0
+
+    def _prepare_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Check pixel_values (B, C, H, W) and cast another floating dtype to the model's (float64 / float16
+        inputs to a float32 model, say); raises a clear error for anything the model cannot take."""
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
         if pixel_values.ndim != 4:
@@ -350,9 +332,21 @@ class ArcVQModel(ArcVQPreTrainedModel):
                 f"got {height}x{width}; resize, crop or pad first (ArcVQImageProcessor does)."
             )
         if not pixel_values.is_floating_point():
-            raise TypeError(f"pixel_values must be a floating-point tensor in [-1, 1], got dtype {pixel_values.dtype}.")
-        if not torch.isfinite(pixel_values).all():
+            raise TypeError(
+                f"pixel_values must be a floating-point tensor of normalised pixels (ArcVQImageProcessor gives "
+                f"[-1, 1]), got dtype {pixel_values.dtype}; pass the images through the processor."
+            )
+        # One reduction, one host read: NaN / Inf and 0..255 data are both caught by the largest magnitude.
+        largest = float(pixel_values.detach().abs().amax())
+        if not math.isfinite(largest):
             raise ValueError("pixel_values contains NaN or Inf values.")
+        if largest > self._max_abs_pixel_value:
+            raise ValueError(
+                f"pixel_values reach magnitude {largest:.4g}, which looks like 0..255 pixel data; the model expects "
+                "normalised pixels (ArcVQImageProcessor maps images to [-1, 1]): use processor(images).pixel_values "
+                "or (x / 255 - 0.5) / 0.5."
+            )
+        return pixel_values.to(self.codebook.dtype)
 
     def _check_image_tokens(self, image_tokens: torch.Tensor, latent_shape: tuple[int, int] | None) -> torch.Tensor:
         if not isinstance(image_tokens, torch.Tensor):
@@ -394,8 +388,11 @@ class ArcVQModel(ArcVQPreTrainedModel):
         return self.decoder(self.post_quant_conv(quantized_latents))
 
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> ArcVQEncoderOutput | tuple:
-        """pixel_values (B, C, H, W) in [-1, 1] -> image_tokens (B, H/f, W/f) and latents (B, D, H/f, W/f)."""
-        self._check_pixel_values(pixel_values)
+        """pixel_values (B, C, H, W) in [-1, 1] -> image_tokens (B, H/f, W/f) and latents (B, D, H/f, W/f).
+
+        Another floating dtype is cast to the model's; integer or 0..255 pixels are refused with a clear error.
+        """
+        pixel_values = self._prepare_pixel_values(pixel_values)
         latents = self._latents(pixel_values)
         # The arc loss only trains the encoder: encode() has no use for it.
         quantized = self.quantizer(latents, compute_vq_loss=True, compute_arc_loss=False)
@@ -429,7 +426,7 @@ class ArcVQModel(ArcVQPreTrainedModel):
 
         In training mode the quantizer first projects the codebook into the ball of radius R(step).
         """
-        self._check_pixel_values(pixel_values)
+        pixel_values = self._prepare_pixel_values(pixel_values)
         latents = self._latents(pixel_values)
         quantized = self.quantizer(latents, compute_vq_loss=return_loss, compute_arc_loss=return_loss)
         reconstruction = self.decode_latents(quantized.quantized)

@@ -21,6 +21,7 @@ from arcvq_hf.convert_taming_checkpoint import convert_taming_checkpoint, conver
 from arcvq_hf.convert_taming_checkpoint import main as taming_main
 from arcvq_hf.convert_vqvae_checkpoint import MNIST_DATA_VARIANCE, convert_vqvae_checkpoint, convert_vqvae_state_dict
 from arcvq_hf.convert_vqvae_checkpoint import main as vqvae_main
+from arcvq_hf.diffusers_export import to_diffusers
 
 # ----------------------------------------------------------------------------------------------------------------
 # Source-layout state dicts with random weights
@@ -512,7 +513,7 @@ def test_taming_conversion_matches_functional_forward(tmp_path, ch_mult, attenti
         torch.testing.assert_close(model.decode(tokens), reference_pixels, atol=1e-5, rtol=1e-5)
 
         # The converted model exports to diffusers and still decodes like taming.
-        vq_model = model.to_diffusers()
+        vq_model = to_diffusers(model)
         exported = vq_model.decode(tokens, force_not_quantize=True, shape=(*tokens.shape, 4)).sample
         torch.testing.assert_close(exported, reference_pixels, atol=1e-5, rtol=1e-5)
 

@@ -55,7 +55,7 @@ def _assert_same_functions(model: ArcVQModel, vq_model: VQModel) -> None:
 @pytest.mark.parametrize("attention", [True, False])
 def test_export_matches_and_saved_folder_loads(tmp_path, attention):
     model = tiny_vqgan(attention)
-    vq_model = model.to_diffusers()
+    vq_model = to_diffusers(model)
     assert isinstance(vq_model, VQModel) and not vq_model.training
     assert vq_model.config.lookup_from_codebook and vq_model.config.num_vq_embeddings == 32
     expected_down = ["DownEncoderBlock2D", "AttnDownEncoderBlock2D" if attention else "DownEncoderBlock2D"]
@@ -83,12 +83,17 @@ def test_cli_exports_a_saved_folder_atomically(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["arcvq", "vq"]
 
 
+def test_a_missing_source_folder_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "absent"), str(tmp_path / "vq")])
+    assert exit_info.value.code == 1 and "No model folder at" in capsys.readouterr().err
+    assert not (tmp_path / "vq").exists()
+
+
 def test_vqvae_backbone_is_refused(tmp_path, capsys):
     model = ArcVQModel(ArcVQConfig(hidden_size=16, residual_hidden_size=8, codebook_size=16, codebook_dim=4))
     with pytest.raises(ValueError, match="Only the 'vqgan' backbone"):
         to_diffusers(model)
-    with pytest.raises(ValueError, match="VQModel"):
-        model.to_diffusers()
     model.save_pretrained(tmp_path / "vqvae")
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "vqvae"), str(tmp_path / "vq")])

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from arcvq_hf import ArcVQConfig, ArcVQModel, ArcVQModelOutput
 
@@ -57,9 +58,9 @@ def test_a_training_forward_never_reads_a_tensor_back_to_the_host(model, monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("host sync in the training forward")
 
-    monkeypatch.setattr(model, "_check_pixel_values", lambda pixel_values: None)
-    monkeypatch.setattr(torch.Tensor, "item", refuse)
-    monkeypatch.setattr(torch.Tensor, "__bool__", refuse)
+    monkeypatch.setattr(model, "_prepare_pixel_values", lambda pixel_values: pixel_values)
+    for reader in ("item", "__bool__", "__float__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, reader, refuse)
     loss = model(pixels).loss
     monkeypatch.undo()
     torch.testing.assert_close(loss, expected)
@@ -170,11 +171,41 @@ def test_save_load_round_trip_is_exact_and_keeps_the_step(model, tmp_path):
 
 def test_loading_with_a_different_codebook_size_names_both_sizes(model, tmp_path):
     model.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="K=64 .* codebook_size=32"):
+    dim = model.config.codebook_dim
+    with pytest.raises(
+        ValueError, match=rf"quantizer\.embedding\.weight is \(64, {dim}\) in the file but \(32, {dim}\)"
+    ):
         ArcVQModel.from_pretrained(tmp_path, codebook_size=32)
+    # ignore_mismatched_sizes keeps its transformers meaning: re-initialise the mismatched tensors.
+    assert ArcVQModel.from_pretrained(tmp_path, codebook_size=32, ignore_mismatched_sizes=True).codebook.shape[0] == 32
 
 
-def test_a_folder_with_only_a_pickle_is_refused_and_never_unpickled(model, tmp_path):
+def test_a_folder_whose_config_and_weights_disagree_names_the_config_values(tmp_path):
+    small = ArcVQModel(ArcVQConfig(num_channels=1, **{**TINY, "codebook_size": 8}))
+    small.save_pretrained(tmp_path)
+    # The config on disk now says 16 codes and a wider backbone; the weights hold 8 codes.
+    ArcVQConfig(
+        num_channels=1, **{**TINY, "codebook_size": 16, "hidden_size": 2 * TINY["hidden_size"]}
+    ).save_pretrained(tmp_path)
+    with pytest.raises(ValueError) as error:
+        ArcVQModel.from_pretrained(tmp_path)
+    message = str(error.value)
+    assert "codebook_size=16" in message and f"hidden_size={2 * TINY['hidden_size']}" in message
+    assert f"quantizer.embedding.weight is (8, {TINY['codebook_dim']}) in the file" in message
+    assert "encoder.conv_2.weight" in message
+
+
+def test_weights_missing_a_tensor_are_refused_not_randomly_initialised(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["quantizer.embedding.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks \['quantizer\.embedding\.weight'\]"):
+        ArcVQModel.from_pretrained(tmp_path)
+
+
+def test_a_pickle_in_pytorch_model_bin_never_runs(model, tmp_path):
+    """transformers reads .bin files with torch.load(weights_only=True): a payload is refused, not executed."""
     model.config.save_pretrained(tmp_path)
     marker = tmp_path / "payload-ran"
 
@@ -183,9 +214,33 @@ def test_a_folder_with_only_a_pickle_is_refused_and_never_unpickled(model, tmp_p
             return (open, (str(marker), "w"))
 
     torch.save({"quantizer.embedding.weight": Payload()}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(OSError, match="never unpickles"):
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl|weights only"):
         ArcVQModel.from_pretrained(tmp_path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("location", ["runs-that-do-not-exist/", "./absent", "{tmp}/absent", "{tmp}/absent/deeper"])
+def test_a_missing_local_folder_is_named_not_taken_for_a_hub_id(tmp_path, location):
+    location = location.format(tmp=tmp_path)
+    with pytest.raises(FileNotFoundError, match="No model folder at"):
+        ArcVQModel.from_pretrained(location)
+
+
+def test_pixels_in_0_255_are_refused_with_the_fix(model):
+    pixels = (images() + 1) * 127.5
+    for call in (model.encode, model):
+        with pytest.raises(ValueError, match="looks like 0..255 pixel data"):
+            call(pixels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_are_cast_to_the_model_dtype(model, dtype):
+    model.eval()
+    pixels = images().to(dtype)
+    expected = model.encode(pixels.float())
+    output = model.encode(pixels)
+    assert output.latents.dtype == torch.float32
+    assert torch.equal(output.image_tokens, expected.image_tokens)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
