@@ -1,18 +1,25 @@
 """arcvq-hf: ArcVQ-VAE (VQ-VAE with a spherical angular-margin codebook prior) for transformers and diffusers.
 
-Importing the package registers `ArcVQConfig`, `ArcVQModel` and `ArcVQImageProcessor` with the Auto classes.
+Importing the package registers `ArcVQConfig`, `ArcVQModel` and `ArcVQImageProcessor` with the Auto classes and the
+`image-tokenization` pipeline task.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_arcvq import PRESETS, ArcVQConfig
 from .image_processing_arcvq import ArcVQImageProcessor
 from .modeling_arcvq import ArcVQEncoderOutput, ArcVQModel, ArcVQModelOutput, ArcVQPreTrainedModel
+from .pipeline_arcvq import TASK as IMAGE_TOKENIZATION_TASK
+from .pipeline_arcvq import ImageTokenizationPipeline
 from .quantization import SphericalAngularMarginQuantizer
 
 AutoConfig.register(ArcVQConfig.model_type, ArcVQConfig, exist_ok=True)
 AutoModel.register(ArcVQConfig, ArcVQModel, exist_ok=True)
 AutoImageProcessor.register(ArcVQConfig, slow_image_processor_class=ArcVQImageProcessor, exist_ok=True)
+PIPELINE_REGISTRY.register_pipeline(
+    IMAGE_TOKENIZATION_TASK, pipeline_class=ImageTokenizationPipeline, pt_model=AutoModel, type="image"
+)
 
 # Saved folders carry the model files and an auto_map, so they load with trust_remote_code=True without this
 # package installed.
@@ -30,5 +37,6 @@ __all__ = [
     "ArcVQModel",
     "ArcVQModelOutput",
     "ArcVQPreTrainedModel",
+    "ImageTokenizationPipeline",
     "SphericalAngularMarginQuantizer",
 ]

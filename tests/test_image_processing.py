@@ -133,3 +133,23 @@ def test_list_output_keeps_different_sizes():
     images = [np.zeros((4, 4, 3), np.uint8), np.zeros((8, 12, 3), np.uint8)]
     arrays = ArcVQImageProcessor()(images, return_tensors=None).pixel_values
     assert [a.shape for a in arrays] == [(3, 4, 4), (3, 8, 12)]
+
+
+def test_an_oversize_image_is_refused_from_its_header_with_the_fix():
+    processor = ArcVQImageProcessor(max_pixels=64 * 64)
+    huge = PIL.Image.new("RGB", (65, 64))
+    with pytest.raises(ValueError, match=r"65x64 pixels .* over max_pixels=4096 .* max_side="):
+        processor(huge)
+    # The guard reads the size after resizing: the same photo downscaled by max_side passes.
+    assert processor(huge, max_side=32).pixel_values.shape == (1, 3, 32, 32)
+    assert ArcVQImageProcessor(max_pixels=None)(huge).pixel_values.shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="max_pixels"):
+        processor(np.zeros((3, 100, 100), dtype=np.uint8))
+
+
+def test_the_default_guard_refuses_an_8000_pixel_photo_before_decoding():
+    # A PIL image built lazily would be decoded by to_unit_array; the guard must fire from the header first.
+    processor = ArcVQImageProcessor()
+    assert processor.max_pixels == 4096 * 4096
+    with pytest.raises(ValueError, match="8000x8000 pixels"):
+        processor(PIL.Image.new("L", (8000, 8000)))
