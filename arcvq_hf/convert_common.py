@@ -4,18 +4,16 @@ key remapping with errors that name the offending keys, and atomic writing of ou
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import pickle
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from .configuration_arcvq import PRESETS, ArcVQConfig
 from .image_processing_arcvq import ArcVQImageProcessor
+from .io_utils import atomic_output_dir
 from .modeling_arcvq import ArcVQModel
 
 
@@ -219,38 +217,6 @@ def save_converted_folder(
         model.save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)
     return Path(output_dir)
-
-
-@contextlib.contextmanager
-def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to `output_dir`; on success it replaces `output_dir` by a rename.
-
-    An existing non-empty `output_dir` is an error unless `overwrite`; on failure the temporary folder is removed
-    and `output_dir` is left as it was.
-    """
-    output_dir = Path(output_dir).resolve()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"{output_dir} exists and is not a folder.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    # mkdtemp makes the folder private (0700); give the final folder the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    try:
-        yield staging
-        if output_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, retired / output_dir.name)
-            os.replace(staging, output_dir)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 __all__ = [
