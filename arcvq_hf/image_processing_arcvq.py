@@ -166,65 +166,6 @@ def image_num_channels(image: Any) -> int:
     raise ValueError(f"An image must be a PIL image or an array of 2 or 3 dimensions, got shape {shape}.")
 
 
-# The model's pixel convention, defined here only: pixel_values = (unit - mean) / std per channel, unit in [0, 1].
-# The defaults (mean 0.5, std 0.5) give pixel_values in [-1, 1].
-DEFAULT_IMAGE_MEAN = 0.5
-DEFAULT_IMAGE_STD = 0.5
-
-
-def _per_channel(values: Any, default: float, like: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """Per-channel constants shaped (C, 1, 1) (or (1, 1, 1) for one shared value), float32, like `like`."""
-    array = np.asarray(default if values is None else values, dtype=np.float32).reshape(-1, 1, 1)
-    return torch.as_tensor(array, device=like.device) if isinstance(like, torch.Tensor) else array
-
-
-def to_unit_range(
-    pixel_values: np.ndarray | torch.Tensor,
-    image_mean: Any = None,
-    image_std: Any = None,
-    clip: bool = True,
-) -> np.ndarray | torch.Tensor:
-    """Model-space pixels (..., C, H, W) -> [0, 1]: x * std + mean per channel (default 0.5 / 0.5, i.e.
-    [-1, 1] -> [0, 1]), clipped to [0, 1] unless `clip=False` (e.g. inside a loss, where clipping would stop
-    gradients). A torch tensor comes back as float32 on its device, a numpy array as numpy."""
-    mean = _per_channel(image_mean, DEFAULT_IMAGE_MEAN, pixel_values)
-    std = _per_channel(image_std, DEFAULT_IMAGE_STD, pixel_values)
-    if isinstance(pixel_values, torch.Tensor):
-        unit = pixel_values.float() * std + mean
-        return unit.clamp(0.0, 1.0) if clip else unit
-    unit = pixel_values * std + mean
-    return np.clip(unit, 0.0, 1.0) if clip else unit
-
-
-def from_unit_range(
-    unit: np.ndarray | torch.Tensor, image_mean: Any = None, image_std: Any = None
-) -> np.ndarray | torch.Tensor:
-    """Pixels in [0, 1] (..., C, H, W) -> model space: (x - mean) / std per channel (default 0.5 / 0.5, i.e.
-    [0, 1] -> [-1, 1]). A torch tensor comes back as float32 on its device, a numpy array as numpy."""
-    mean = _per_channel(image_mean, DEFAULT_IMAGE_MEAN, unit)
-    std = _per_channel(image_std, DEFAULT_IMAGE_STD, unit)
-    if isinstance(unit, torch.Tensor):
-        return (unit.float() - mean) / std
-    return (unit - mean) / std
-
-
-# PIL modes holding one grey channel (with or without alpha); every other mode counts as colour.
-GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-
-
-def image_num_channels(image: Any) -> int:
-    """1 for a grey image (a PIL image in GREY_MODES, a 2-D array, or an (H, W, 1) / (1, H, W) array), else 3."""
-    if isinstance(image, PIL.Image.Image):
-        return 1 if image.mode in GREY_MODES else 3
-    shape = tuple(np.shape(image))
-    if len(shape) == 2:
-        return 1
-    if len(shape) == 3:
-        channels = shape[-1] if shape[-1] in (1, 3, 4) else shape[0]
-        return 1 if channels == 1 else 3
-    raise ValueError(f"An image must be a PIL image or an array of 2 or 3 dimensions, got shape {shape}.")
-
-
 def convert_channels(unit: np.ndarray, num_channels: int) -> np.ndarray:
     """(H, W, 1|3) -> (H, W, num_channels): grey is repeated, colour is reduced to luma."""
     if unit.shape[-1] == num_channels:
