@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .image_processing_arcvq import to_unit_range as default_to_unit_range
+
 # SSIM constants of the usual definition.
 SSIM_SIGMA = 1.5
 SSIM_WINDOW = 11
@@ -309,23 +311,29 @@ class ReconstructionMetrics:
 
     __iadd__ = merge
 
-    def all_reduce_(self) -> ReconstructionMetrics:
-        """Sum every accumulator over the ranks of the default torch.distributed group (no-op without one).
+    def all_reduce_(
+        self, sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> ReconstructionMetrics:
+        """Sum every accumulator over processes, in place.
 
-        Every rank must have seen a disjoint part of the set and must hold the same loss names.
+        Every process must have seen a disjoint part of the set and must hold the same loss names.
+
+        Args:
+            sum_over_processes: takes this process's accumulators packed into one float64 vector (on the CPU) and
+                returns the element-wise sum over processes, e.g.
+                `lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum")` (what `ArcVQTrainer`
+                passes). Default: `torch.distributed.all_reduce` on the default group, a no-op without one.
         """
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return self
+        if sum_over_processes is None:
+            if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+                return self
+            sum_over_processes = _default_group_sum
         loss_names = sorted(self.loss_sums)
         packed = torch.tensor(
             [self.num_images, *(self.image_sums[n] for n in _IMAGE_SUMS), *(self.loss_sums[n] for n in loss_names)],
             dtype=torch.float64,
         )
-        packed = torch.cat([packed, self.usage.counts.double()])
-        if torch.distributed.get_backend() == "nccl":
-            packed = packed.cuda()
-        torch.distributed.all_reduce(packed)
-        packed = packed.cpu()
+        packed = sum_over_processes(torch.cat([packed, self.usage.counts.double()])).cpu()
         self.num_images = int(round(packed[0].item()))
         for offset, name in enumerate(_IMAGE_SUMS, start=1):
             self.image_sums[name] = float(packed[offset].item())
@@ -351,8 +359,12 @@ class ReconstructionMetrics:
         return results
 
 
-def _default_to_unit_range(pixel_values: torch.Tensor) -> torch.Tensor:
-    return (pixel_values.float() * 0.5 + 0.5).clamp(0.0, 1.0)
+def _default_group_sum(packed: torch.Tensor) -> torch.Tensor:
+    """All-reduce (sum) over the default torch.distributed group; NCCL needs the tensor on the GPU."""
+    if torch.distributed.get_backend() == "nccl":
+        packed = packed.cuda()
+    torch.distributed.all_reduce(packed)
+    return packed
 
 
 def _batch_pixels(batch: Any) -> torch.Tensor:
@@ -379,7 +391,7 @@ def accumulate_reconstruction(
         with_losses: also accumulate the model's loss parts (batch-weighted; the arc loss depends on which images
             share a batch, the other parts do not).
     """
-    to_unit = to_unit_range or _default_to_unit_range
+    to_unit = to_unit_range or default_to_unit_range
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
