@@ -254,10 +254,12 @@ def arc_margin_loss(
     """
     if latents.shape[0] == 0:
         raise ValueError("arc_margin_loss needs at least one latent vector, got an empty batch.")
-    latents_unit = F.normalize(latents.float(), dim=1)
-    codes_unit = F.normalize(codebook.detach().float(), dim=1)
     top_k = min(top_k, latents.shape[0])
-    return _ChunkedArcMarginLoss.apply(latents_unit, codes_unit, top_k, float(scale), float(margin), max_elements)
+    # Cosines near 1 and the top-k choice need float32: under bf16 / fp16 autocast the loss still runs in float32.
+    with torch.autocast(device_type=latents.device.type, enabled=False):
+        latents_unit = F.normalize(latents.float(), dim=1)
+        codes_unit = F.normalize(codebook.detach().float(), dim=1)
+        return _ChunkedArcMarginLoss.apply(latents_unit, codes_unit, top_k, float(scale), float(margin), max_elements)
 
 
 def dense_arc_margin_loss(

@@ -250,3 +250,18 @@ def test_codebook_gets_gradient_only_from_the_codebook_term():
     output.quantized.pow(2).sum().backward()
     assert quantizer.embedding.weight.grad is None or not quantizer.embedding.weight.grad.any()
     assert latents.grad.abs().sum() > 0
+
+
+def test_arc_loss_runs_in_float32_under_bf16_autocast():
+    """Under `torch.autocast(bfloat16)` (bf16 training on CPU or GPU) the arc loss and its gradient are the float32
+    ones: the cosines near 1 that pick the positives must not be rounded to bf16."""
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(300, 8, generator=generator, requires_grad=True)
+    codebook = torch.randn(40, 8, generator=generator)
+    reference = arc_margin_loss(latents, codebook, 5.0, 0.1, 3, max_elements=1000)
+    (reference_grad,) = torch.autograd.grad(reference, latents)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = arc_margin_loss(latents, codebook, 5.0, 0.1, 3, max_elements=1000)
+    (autocast_grad,) = torch.autograd.grad(under_autocast, latents)
+    assert under_autocast.dtype == torch.float32
+    assert torch.equal(under_autocast, reference) and torch.equal(autocast_grad, reference_grad)
