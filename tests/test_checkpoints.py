@@ -19,13 +19,13 @@ from arcvq_hf.metrics import psnr
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 EVAL_IMAGES = 200
-# Mean PSNR (dB) on the first EVAL_IMAGES test images (all 192 for photos), a little under what was measured when
-# each checkpoint was trained (the measured values are in each model card and in benchmarks/NOTES.md).
+# Mean PSNR (dB) on the first EVAL_IMAGES test images (all 192 for skimage-photos), a little under what was measured
+# when each checkpoint was trained (the measured values are in each model card and in benchmarks/NOTES.md).
 PSNR_FLOORS = {
     "arcvq-vae-mnist": ("mnist-5k", 1, 20.2),
     "vq-vae-mnist": ("mnist-5k", 1, 17.3),
-    "arcvq-vae-photos": ("photos", 3, 22.9),
-    "vq-vae-photos": ("photos", 3, 18.1),
+    "arcvq-vae-photos": ("skimage-photos", 3, 22.9),
+    "vq-vae-photos": ("skimage-photos", 3, 18.1),
 }
 
 
@@ -71,7 +71,7 @@ def test_checkpoint_loads_with_auto_classes_and_reconstructs_above_its_floor(nam
     assert model.config.num_channels == channels and processor.num_channels == channels
     images = _eval_images(dataset)
     pixel_values, reconstruction = _reconstruct(model, processor, images)
-    assert pixel_values.shape[0] == len(images) >= 190  # photos has 192 test crops
+    assert pixel_values.shape[0] == len(images) >= 190  # skimage-photos has 192 test crops
     measured = psnr(processor.to_unit_range(reconstruction), processor.to_unit_range(pixel_values)).mean().item()
     assert measured >= floor, f"{name}: PSNR {measured:.2f} dB under the floor {floor} dB"
 

@@ -62,7 +62,7 @@ def test_photo_crops_grid_and_flat_filter() -> None:
 
 
 def test_photos_split_by_source_photo() -> None:
-    photos = load_builtin_dataset("photos")
+    photos = load_builtin_dataset("skimage-photos")
     names = photos["train"].features["label"].names
     assert tuple(names) == PHOTO_SOURCES
     train_sources = {names[i] for i in set(photos["train"]["label"])}
