@@ -451,3 +451,31 @@ __all__ = [
     "psnr",
     "ssim",
 ]
+
+# Perceptual metrics (LPIPS, rFID) are defined in `perceptual`; re-exported here so `arcvq_hf.metrics` is the one
+# place to import metrics from. Importing them loads no weights and does not need scipy.
+from .perceptual import (  # noqa: E402
+    LPIPS,
+    FrechetInceptionDistance,
+    InceptionFeatureExtractor,
+    PerceptualWeightsMissingError,
+    frechet_distance,
+    frechet_inception_distance,
+    inception_features,
+    load_inception,
+    load_lpips,
+    lpips,
+)
+
+__all__ += [
+    "LPIPS",
+    "FrechetInceptionDistance",
+    "InceptionFeatureExtractor",
+    "PerceptualWeightsMissingError",
+    "frechet_distance",
+    "frechet_inception_distance",
+    "inception_features",
+    "load_inception",
+    "load_lpips",
+    "lpips",
+]
