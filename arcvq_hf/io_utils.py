@@ -6,6 +6,8 @@ the final `os.replace` is atomic) and removes the staging file or folder when an
 - `atomic_write(path, write)`: the general form; `write(temporary_path)` produces the file.
 - `atomic_write_text`, `atomic_write_bytes`, `atomic_write_json`, `save_image_atomic`: the usual payloads.
 - `atomic_output_dir(folder)`: a whole folder, swapped in by one rename.
+- `removed_if_left_empty(folder)`: for tools that create their output folder early (Trainer), a failed run
+  leaves no empty folder behind.
 
 `require_existing_folder(path, what)` turns "this looks like a local path but is not there" into a clear error
 before transformers / huggingface_hub mistake it for a Hub repo id ("Repo id must be in the form ...").
@@ -103,6 +105,23 @@ def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) ->
             shutil.rmtree(staging)
 
 
+@contextlib.contextmanager
+def removed_if_left_empty(folder: str | os.PathLike) -> Iterator[Path]:
+    """Run the block; if it raises while `folder` did not exist before it and is still empty, remove `folder`.
+
+    For runs whose tools create their output folder early (Trainer does in its constructor): a run that fails
+    before writing anything leaves no empty folder behind, while one that wrote checkpoints keeps them.
+    """
+    folder = Path(folder)
+    existed = folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Local folder or Hub id
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,6 +176,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "looks_like_local_path",
+    "removed_if_left_empty",
     "require_existing_folder",
     "save_image_atomic",
 ]

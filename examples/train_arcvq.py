@@ -6,8 +6,9 @@ Examples (all offline):
     python examples/train_arcvq.py --dataset mnist-5k --preset arcvq --output_dir runs/arcvq-mnist \
         --per_device_train_batch_size 256 --learning_rate 3e-4 --max_steps 1500 --logging_steps 50
 
-    # the textbook VQ-VAE baseline on the built-in photo crops
-    python examples/train_arcvq.py --dataset photos --preset vq-baseline --output_dir runs/vq-photos --max_steps 1500
+    # the textbook VQ-VAE baseline on the built-in 32x32 crops of scikit-image's photos
+    python examples/train_arcvq.py --dataset skimage-photos --preset vq-baseline --output_dir runs/vq-photos \
+        --max_steps 1500
 
     # fine-tune a saved model on a local image folder (the ball radius continues from the saved step)
     python examples/train_arcvq.py --model_name_or_path runs/arcvq-mnist --dataset path/to/images \
@@ -19,29 +20,264 @@ Examples (all offline):
         --output_dir runs/acc --max_steps 100
     (`accelerate launch --cpu` starts a single process unless MPI is set up.)
 
-Options: `--dataset` (mnist-5k | photos | save_to_disk folder | image folder | hub id), `--variant vqvae|vqgan`,
-`--preset arcvq|vq-baseline|cosine-only|no-ball|no-arc`, `--model_name_or_path`, every TrainingArguments flag;
-`python examples/train_arcvq.py --help` lists them all. The output folder gets config.json, model.safetensors,
-preprocessor_config.json, the model code files (for trust_remote_code) and a README.md model card.
+Options: `--dataset` (mnist-5k | skimage-photos | photos, the photo corpus that examples/build_photo_corpus.py builds |
+save_to_disk folder | image folder | hub id), `--variant vqvae|vqgan`,
+`--preset arcvq|vq-baseline|cosine-only|no-ball|no-arc`, `--model_name_or_path`, the VQGAN recipe's `--disc_*` /
+`--perceptual_*` (arcvq_hf.gan.GANSettings), every TrainingArguments flag; `python examples/train_arcvq.py --help`
+lists them all. The output folder gets config.json, model.safetensors, preprocessor_config.json, the model code
+files (for trust_remote_code), the metrics JSONs, training_run.json and a README.md model card (arcvq_hf.model_card).
+
+`--push_to_hub` (with `--hub_model_id`, `--hub_token`, `--hub_private_repo`, `--hub_revision`) uploads that folder
+once, at the end, after the card is written: card, config, weights, code and metrics JSONs, never Trainer's pickled
+`training_args.bin` or the checkpoint folders.
 """
 
+import json
+import os
 import shlex
 import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from arcvq_hf.training import DataArguments, ModelArguments, run_training
+from arcvq_hf import PRESETS, ArcVQConfig, ArcVQImageProcessor, ArcVQModel
+from arcvq_hf.data import BUILTIN_DATASETS, load_image_dataset, train_eval_splits
+from arcvq_hf.gan import ArcVQGANTrainer, GANSettings
+from arcvq_hf.io_utils import looks_like_local_path, removed_if_left_empty, require_existing_folder
+from arcvq_hf.model_card import TrainingRun, upload_model_folder, write_model_card
+from arcvq_hf.trainer import ArcVQTrainer
+from arcvq_hf.transforms import infer_num_channels, lazy_image_decoding, pixel_values_transform, pixel_variance
 
 
-def main() -> None:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+@dataclass
+class ModelArguments:
+    """What to train: a fresh model from a preset, or a saved model to fine-tune."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Saved ArcVQ folder or hub id to fine-tune; the schedules continue from it."}
+    )
+    variant: str = field(default="vqvae", metadata={"help": "Backbone of a fresh model: vqvae or vqgan."})
+    preset: str = field(default="arcvq", metadata={"help": f"Quantizer preset: {', '.join(PRESETS)}."})
+    num_channels: int | None = field(default=None, metadata={"help": "1 or 3; default: from the data / the model."})
+    codebook_size: int | None = field(default=None, metadata={"help": "K (preset default if unset)."})
+    codebook_dim: int | None = field(default=None, metadata={"help": "D (preset default if unset)."})
+    hidden_size: int | None = field(default=None, metadata={"help": "vqvae backbone width."})
+    base_channels: int | None = field(default=None, metadata={"help": "vqgan backbone base width."})
+    channel_multipliers: str | None = field(default=None, metadata={"help": "vqgan widths, e.g. '1,2,2,4'."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Further ArcVQConfig fields: JSON ('{\"ball_growth_rate\": 1e-3}') or transformers' "
+            "'ball_growth_rate=1e-3,arc_top_k=4'."
+        },
+    )
+    data_variance: float | None = field(
+        default=None, metadata={"help": "MSE normaliser; default: the pixel variance of the training set."}
+    )
+    use_gan: bool | None = field(
+        default=None, metadata={"help": "VQGAN recipe (perceptual + PatchGAN); default: on for the vqgan backbone."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Needed for hub ids without arcvq_hf."})
+    license: str = field(default="apache-2.0", metadata={"help": "License in the model card."})
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from."""
+
+    dataset: str = field(
+        default="mnist-5k",
+        metadata={"help": f"{' / '.join(BUILTIN_DATASETS)}, a save_to_disk folder, an image folder or a hub id."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Training split name."})
+    eval_split: str | None = field(default=None, metadata={"help": "Default: test / validation, else a held-out part."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Held-out fraction when there is no eval split."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Center-crop to a square and resize to this size (needed for mixed sizes)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
+
+
+def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """Refuse, before anything is loaded or written, what would train nothing or look for missing folders."""
+    if model_args.variant not in ("vqvae", "vqgan"):
+        raise ValueError(f"--variant must be vqvae or vqgan, got {model_args.variant!r}.")
+    if model_args.preset not in PRESETS:
+        raise ValueError(f"Unknown preset {model_args.preset!r}; expected one of {tuple(PRESETS)}.")
+    steps, epochs = training_args.max_steps, training_args.num_train_epochs
+    # -1 is TrainingArguments' "not set": then --num_train_epochs decides.
+    if steps == 0 or steps < -1 or (steps == -1 and not epochs > 0):
+        budget = f"--max_steps {steps}" if steps != -1 else f"--num_train_epochs {epochs}"
+        raise ValueError(
+            f"{budget} trains nothing: give --max_steps N with N >= 1 (or --num_train_epochs > 0). Refusing to "
+            "train, so that no untrained model is saved or published."
+        )
+    if model_args.model_name_or_path:
+        require_existing_folder(model_args.model_name_or_path, "--model_name_or_path")
+    dataset = data_args.dataset
+    if dataset not in BUILTIN_DATASETS and not os.path.exists(dataset) and looks_like_local_path(dataset):
+        raise FileNotFoundError(f"--dataset {dataset!r}: no such local folder, and not one of {BUILTIN_DATASETS}.")
+
+
+def build_config(model_args: ModelArguments, num_channels: int) -> ArcVQConfig:
+    """A fresh model's config: the preset on the variant, the command-line sizes, then `--config_overrides`."""
+    sizes = {name: getattr(model_args, name) for name in ("codebook_size", "codebook_dim", "hidden_size")}
+    sizes["base_channels"] = model_args.base_channels
+    if model_args.channel_multipliers:
+        sizes["channel_multipliers"] = [int(m) for m in model_args.channel_multipliers.split(",")]
+    sizes = {name: value for name, value in sizes.items() if value is not None}
+    config = ArcVQConfig.from_preset(model_args.preset, variant=model_args.variant, num_channels=num_channels, **sizes)
+    overrides = model_args.config_overrides
+    if overrides and overrides.lstrip().startswith("{"):
+        values = json.loads(overrides)
+        unknown = sorted(name for name in values if not hasattr(config, name))
+        if unknown:
+            raise ValueError(f"--config_overrides: ArcVQConfig has no fields {unknown}.")
+        config.update(values)
+    elif overrides:
+        config.update_from_string(overrides)
+    # Rebuilt so that ArcVQConfig validates the overridden values.
+    return ArcVQConfig.from_dict(config.to_dict())
+
+
+def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, float]]:
+    """Parse `args` (default: the command line), train, evaluate, save and card the model, push it if asked.
+    Returns (trainer, final evaluation metrics)."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, GANSettings, TrainingArguments))
     # The paper's VQ-VAE optimizer: Adam, constant rate 3e-4, no gradient clipping (override on the command line).
     parser.set_defaults(learning_rate=3e-4, lr_scheduler_type="constant", max_grad_norm=0.0, logging_steps=50)
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
-    command = shlex.join(["python", *sys.argv])
+    model_args, data_args, gan_settings, training_args = parser.parse_args_into_dataclasses(args=args)
+    check_arguments(model_args, data_args, training_args)
+    argv = list(sys.argv) if args is None else ["examples/train_arcvq.py", *args]
+    command = shlex.join(["python", *argv])
     if training_args.world_size > 1:
         command += f"  # run on {training_args.world_size} processes (torchrun / accelerate launch)"
-    run_training(model_args, data_args, training_args, command=command)
+    set_seed(training_args.seed)
+    # Pushed once at the end, after our card: Trainer would push inside save_model, with its own card and pickle.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    training_args.remove_unused_columns = False  # the transform reads the `image` column
+
+    # Data: the splits, decoded by the transform below (so that a corrupt image is reported by its file name).
+    datasets = load_image_dataset(data_args.dataset)
+    train_dataset, eval_dataset = train_eval_splits(
+        datasets, data_args.train_split, data_args.eval_split, data_args.eval_fraction, training_args.seed
+    )
+    eval_split = next((name for name, split in datasets.items() if split is eval_dataset), None)
+    held_out = f"{data_args.train_split} (held-out {data_args.eval_fraction:.0%}, seed {training_args.seed})"
+    eval_split = eval_split or held_out
+    if data_args.max_train_samples is not None:
+        train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
+    if data_args.max_eval_samples is not None:
+        eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
+    train_dataset = lazy_image_decoding(train_dataset, data_args.image_column)
+    eval_dataset = lazy_image_decoding(eval_dataset, data_args.image_column)
+
+    # Config: the saved one to fine-tune, or a fresh one from the preset.
+    finetune_from = model_args.model_name_or_path
+    if finetune_from:
+        config = ArcVQConfig.from_pretrained(finetune_from, trust_remote_code=model_args.trust_remote_code)
+        if model_args.num_channels is not None and model_args.num_channels != config.num_channels:
+            raise ValueError(
+                f"The model expects {config.num_channels}-channel images but --num_channels is "
+                f"{model_args.num_channels}."
+            )
+    else:
+        num_channels = model_args.num_channels or infer_num_channels(train_dataset, data_args.image_column)
+        config = build_config(model_args, num_channels)
+
+    # Processor and dataset transform: images -> pixel_values in [-1, 1], sides a multiple of the token size.
+    processor = ArcVQImageProcessor(num_channels=config.num_channels, size_divisor=config.downsampling_factor)
+    transform = pixel_values_transform(processor, data_args.image_column, data_args.image_size)
+    train_dataset = train_dataset.with_transform(transform)
+    eval_dataset = eval_dataset.with_transform(transform)
+    if model_args.data_variance is not None:
+        config.data_variance = model_args.data_variance
+    elif not finetune_from:
+        config.data_variance = pixel_variance(train_dataset)
+
+    # Model
+    if finetune_from:
+        model = ArcVQModel.from_pretrained(finetune_from, config=config, trust_remote_code=model_args.trust_remote_code)
+    else:
+        model = ArcVQModel(config)
+
+    # Trainer: the VQGAN recipe adds a discriminator (and a perceptual loss with --perceptual_weights).
+    use_gan = model_args.use_gan if model_args.use_gan is not None else config.backbone == "vqgan"
+    trainer_kwargs: dict[str, Any] = {
+        "model": model,
+        "args": training_args,
+        "train_dataset": train_dataset,
+        "eval_dataset": eval_dataset,
+        "processing_class": processor,
+    }
+    # Trainer creates output_dir at once; a run that fails before saving anything must not leave it behind.
+    output_dir = Path(training_args.output_dir)
+    with removed_if_left_empty(output_dir):
+        if use_gan:
+            trainer: ArcVQTrainer = ArcVQGANTrainer(gan_settings=gan_settings, **trainer_kwargs)
+        else:
+            trainer = ArcVQTrainer(**trainer_kwargs)
+
+        # Train, evaluate on the whole evaluation split, save.
+        start = time.time()
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_seconds = time.time() - start
+        metrics = trainer.evaluate()
+        trainer.save_model(str(output_dir))
+        if trainer.is_world_process_zero():
+            # Trainer pickles its arguments beside the weights; a folder meant to be shared holds no pickle (the exact
+            # command is in training_run.json and the model card instead).
+            (output_dir / "training_args.bin").unlink(missing_ok=True)
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        trainer.save_state()
+
+    # The model card from the measured metrics, then (if asked) the upload.
+    if trainer.is_world_process_zero():
+        preset = model_args.preset if not finetune_from else f"fine-tuned from {finetune_from}"
+        run = TrainingRun(
+            command=command,
+            dataset=data_args.dataset,
+            train_split=data_args.train_split,
+            eval_split=eval_split,
+            summary={
+                "variant / preset": f"{config.backbone} / {preset}",
+                "optimizer steps this run": trainer.state.global_step,
+                "batch size per device x processes x accumulation": (
+                    f"{training_args.per_device_train_batch_size} x {training_args.world_size} x "
+                    f"{training_args.gradient_accumulation_steps}"
+                ),
+                "learning rate": training_args.learning_rate,
+                "training images / evaluation images": f"{len(train_dataset)} / {len(eval_dataset)}",
+                "data variance (MSE normaliser)": config.data_variance,
+                "GAN recipe": asdict(gan_settings) if use_gan else "off",
+                "wall time (s)": round(train_seconds, 1),
+            },
+            license=model_args.license,
+            base_model=finetune_from if finetune_from and not os.path.exists(finetune_from) else None,
+            repo_id=(training_args.hub_model_id or output_dir.absolute().name) if push_to_hub else None,
+        )
+        run.save(output_dir)
+        write_model_card(output_dir, run, model=trainer.model, metrics=metrics)
+        if push_to_hub:
+            repo_id = upload_model_folder(
+                output_dir,
+                run.repo_id,
+                token=training_args.hub_token,
+                private=training_args.hub_private_repo,
+                revision=training_args.hub_revision,
+                commit_message="End of training",
+            )
+            print(f"pushed {output_dir} to https://huggingface.co/{repo_id}")
+    return trainer, metrics
 
 
 if __name__ == "__main__":

@@ -1,0 +1,135 @@
+"""ArcVQTrainer and the schedule callback: schedules under accumulation, whole-set evaluation through the metrics
+module's loop, resume, fine-tuning."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from tiny_training import digits, tiny_model, training_args
+
+from arcvq_hf import ArcVQImageProcessor, ArcVQModel
+from arcvq_hf.metrics import evaluate_reconstruction
+from arcvq_hf.quantization import arc_weight_at, ball_radius, project_onto_ball_
+from arcvq_hf.trainer import ArcVQTrainer
+from arcvq_hf.transforms import pixel_values_transform
+
+
+@pytest.fixture(scope="module")
+def digit_sets() -> tuple[Dataset, Dataset]:
+    transform = pixel_values_transform(ArcVQImageProcessor(num_channels=1))
+    return digits(48).with_transform(transform), digits(13, offset=100).with_transform(transform)
+
+
+def test_schedule_follows_optimizer_steps_under_gradient_accumulation(tmp_path, digit_sets) -> None:
+    train, _ = digit_sets
+    model = tiny_model()
+    seen_steps = []
+    model.quantizer.register_forward_pre_hook(lambda module, args: seen_steps.append(module.current_step))
+    trainer = ArcVQTrainer(
+        model=model,
+        args=training_args(tmp_path, max_steps=3, gradient_accumulation_steps=2, per_device_train_batch_size=4),
+        train_dataset=train,
+    )
+    trainer.train()
+    assert seen_steps == [0, 0, 1, 1, 2, 2]
+    assert model.training_step == 3
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logs] == [1, 2, 3]
+    for entry in logs:
+        t = entry["step"] - 1  # the step the logged forwards ran at
+        assert entry["schedule_step"] == t
+        assert entry["arc_weight"] == pytest.approx(arc_weight_at(t, model.config.arc_weight, 0.05))
+        assert entry["ball_radius"] == pytest.approx(ball_radius(t, 0.05))
+        assert 0 < entry["batch_utilization"] <= 1
+        assert np.isfinite(entry["arc_loss"]) and np.isfinite(entry["reconstruction_loss"])
+
+
+def test_evaluate_reports_whole_set_metrics_through_accelerate_reduce(tmp_path, digit_sets, monkeypatch) -> None:
+    train, evaluation = digit_sets
+    model = tiny_model()
+    processor = ArcVQImageProcessor(num_channels=1)
+    trainer = ArcVQTrainer(
+        model=model,
+        args=training_args(tmp_path),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=processor,
+    )
+    trainer.train()
+    reductions = []
+    reduce = trainer.accelerator.reduce
+    monkeypatch.setattr(
+        trainer.accelerator, "reduce", lambda t, reduction: reductions.append(reduction) or reduce(t, reduction)
+    )
+    metrics = trainer.evaluate()
+    assert reductions == ["sum"]  # the accumulators went through accelerate's reduce, once
+    # Independent: one batch holding the whole evaluation set (13 images; the trainer used batches of 5).
+    pixels = torch.stack([evaluation[i]["pixel_values"] for i in range(len(evaluation))])
+    reference = evaluate_reconstruction(model, [pixels], processor, with_losses=True)
+    assert metrics["eval_num_images"] == 13
+    for key in ("psnr", "ssim", "l1", "codebook_utilization", "perplexity", "dead_codes", "angular_dispersion"):
+        assert metrics[f"eval_{key}"] == pytest.approx(reference[key], rel=1e-5), key
+    for key in ("reconstruction_loss", "quantization_loss"):
+        assert metrics[f"eval_{key}"] == pytest.approx(reference[key], rel=1e-4), key
+    assert metrics["eval_schedule_step"] == 4
+    assert metrics["eval_ball_radius"] == pytest.approx(ball_radius(4, 0.05))
+    assert trainer.state.log_history[-1]["eval_psnr"] == metrics["eval_psnr"]
+    # predict() concatenates reconstructions and tokens over batches.
+    prediction = trainer.predict(evaluation)
+    reconstruction, tokens = prediction.predictions
+    assert reconstruction.shape == (13, 1, 28, 28) and tokens.shape == (13, 7, 7)
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, digit_sets) -> None:
+    train, _ = digit_sets
+    full = ArcVQTrainer(
+        model=tiny_model(),
+        args=training_args(tmp_path / "full", max_steps=6, save_strategy="steps", save_steps=3),
+        train_dataset=train,
+    )
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    assert ArcVQModel.from_pretrained(checkpoint).training_step == 3
+    resumed_model = tiny_model(seed=123)  # different init: everything must come from the checkpoint
+    resumed = ArcVQTrainer(
+        model=resumed_model, args=training_args(tmp_path / "resumed", max_steps=6), train_dataset=train
+    )
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed_model.training_step == full.model.training_step == 6
+    torch.testing.assert_close(resumed_model.codebook, full.model.codebook, atol=1e-6, rtol=1e-5)
+    assert resumed_model.quantizer.ball_radius == full.model.quantizer.ball_radius == ball_radius(6, 0.05)
+    assert resumed_model.quantizer.current_arc_weight == full.model.quantizer.current_arc_weight
+    gamma0 = resumed_model.config.arc_weight
+    assert resumed_model.quantizer.current_arc_weight == pytest.approx(arc_weight_at(6, gamma0, 0.05))
+    resumed_logs = [e for e in resumed.state.log_history if "loss" in e]
+    full_logs = [e for e in full.state.log_history if "loss" in e]
+    assert [e["schedule_step"] for e in resumed_logs[-3:]] == [3, 4, 5]
+    for a, b in zip(resumed_logs[-3:], full_logs[-3:], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_finetuning_continues_the_ball_radius(tmp_path, digit_sets) -> None:
+    train, _ = digit_sets
+    trained = tiny_model(ball_growth_rate=1e-3)
+    saved_step = 500  # R = exp(0.5) ~ 1.65
+    trained.set_training_step(saved_step)
+    with torch.no_grad():
+        norms = torch.linspace(0.5, 1.6, trained.config.codebook_size)[:, None]
+        trained.codebook.mul_(norms / trained.codebook.norm(dim=1, keepdim=True))
+    trained.save_pretrained(tmp_path / "trained")
+    saved_codebook = trained.codebook.detach().clone()
+    # Restarting the schedule at step 0 (radius 1) would cut every code longer than 1.
+    assert project_onto_ball_(saved_codebook.clone(), ball_radius(0, 1e-3)).sum() > 5
+
+    model = ArcVQModel.from_pretrained(tmp_path / "trained")
+    assert model.training_step == saved_step
+    seen_radii = []
+    model.quantizer.register_forward_pre_hook(lambda module, args: seen_radii.append(module.ball_radius))
+    # Learning rate 0: the only thing that can move the codebook is the first step's ball projection.
+    trainer = ArcVQTrainer(
+        model=model, args=training_args(tmp_path / "ft", max_steps=1, learning_rate=0.0), train_dataset=train
+    )
+    trainer.train()
+    assert seen_radii == [pytest.approx(ball_radius(saved_step, 1e-3))]
+    torch.testing.assert_close(model.codebook, saved_codebook, atol=0, rtol=0)
+    assert model.training_step == saved_step + 1
