@@ -45,7 +45,7 @@ def _failure(message: str) -> tuple[Any, ...]:
     return f"⚠️ **{message}**", None, None, None, None, None, "", None, None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False keeps hashing by identity, as for any bound handler
 class DemoHandlers:
     """The UI's event handlers, bound to the catalog of checkpoints this server offers."""
 

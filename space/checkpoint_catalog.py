@@ -112,7 +112,7 @@ class LoadedModel:
         return self.model.config.downsampling_factor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CheckpointCatalog:
     """The checkpoints one server offers: the shipped ones, the operator's environment variables and, only when
     `allow_custom`, any local folder or Hub id."""
@@ -167,7 +167,12 @@ class CheckpointCatalog:
         shipped = _SHIPPED_BY_ID.get(name)
         if shipped is not None and location == shipped.hub_id and is_offline_mode():
             raise CheckpointError(missing_message(shipped))
-        loaded = load_checkpoint(location)
+        try:
+            loaded = load_checkpoint(location)
+        except CheckpointError as error:
+            if shipped is None:  # the message already names the folder or Hub id that was asked for
+                raise
+            raise CheckpointError(f"Checkpoint {name} cannot be loaded: {error}") from error
         return LoadedModel(name, loaded.location, loaded.model, loaded.processor)
 
     def missing(self) -> dict[str, str]:
@@ -258,5 +263,4 @@ def load_default_models(catalog: CheckpointCatalog) -> tuple[dict[str, LoadedMod
                     f"--output_dir {name}"
                 ) from error
             failures[label] = str(error)
-            logger.warning("%s checkpoint unavailable: %s", label, error)
     return loaded, failures
