@@ -503,21 +503,6 @@ def image_grid(rows: Sequence[Sequence[PIL.Image.Image]], padding: int = 2, scal
     return grid
 
 
-def save_image_atomic(image: PIL.Image.Image, path: str | os.PathLike) -> None:
-    """Save `image` (format from the extension) to a temporary name beside `path`, then rename it into place."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    root, extension = os.path.splitext(os.path.basename(path))
-    temporary = os.path.join(directory, f".{root}.tmp{os.getpid()}{extension}")
-    try:
-        image.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 __all__ = [
     "PRIOR_CONFIG_KEY",
     "ImageTokenCollator",
@@ -533,7 +518,6 @@ __all__ = [
     "prior_settings",
     "raster_order",
     "sample_image_tokens",
-    "save_image_atomic",
     "tokenize_image_dataset",
     "tokenizer_fingerprint",
 ]

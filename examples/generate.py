@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 
 import torch
-from transformers import GPT2LMHeadModel
+from transformers import GPT2LMHeadModel, PretrainedConfig
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.prior import decode_image_tokens, image_grid, prior_settings, sample_image_tokens, save_image_atomic
+from arcvq_hf.io_utils import require_existing_folder, save_image_atomic
+from arcvq_hf.prior import PRIOR_CONFIG_KEY, decode_image_tokens, image_grid, prior_settings, sample_image_tokens
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prior", required=True, help="folder written by examples/train_prior.py.")
     parser.add_argument("--tokenizer", default=None, help="ArcVQ folder; default: the one recorded in the prior.")
@@ -31,18 +32,42 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=int, default=2, help="enlarge each sample this many times in the grid.")
     parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's).")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.samples_per_class < 1:
+        parser.error(f"--samples_per_class must be at least 1, got {args.samples_per_class}.")
+    if args.scale < 1:
+        parser.error(f"--scale must be at least 1, got {args.scale}.")
+    return args
 
 
-def main() -> None:
-    args = parse_args()
+def check_prior_folder(path: str) -> None:
+    """Refuse, before GPT-2 sees it, a folder that is not a prior written by examples/train_prior.py."""
+    require_existing_folder(path, "--prior")
+    config, _ = PretrainedConfig.get_config_dict(path)
+    if config.get("model_type") == "arcvq":
+        raise SystemExit(
+            f"--prior {path} is an ArcVQ tokenizer, not a prior. Pass the folder written by examples/train_prior.py "
+            f"(train one with: python examples/train_prior.py --tokenizer {path} --output_dir outputs/prior); the "
+            "tokenizer goes to --tokenizer."
+        )
+    if PRIOR_CONFIG_KEY not in config:
+        raise SystemExit(
+            f"--prior {path} (a {config.get('model_type', 'model')!r} config) has no `{PRIOR_CONFIG_KEY}` entry: it "
+            "is not a prior written by examples/train_prior.py."
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    check_prior_folder(args.prior)
     prior = GPT2LMHeadModel.from_pretrained(args.prior).eval()
     vocabulary, _, recorded_tokenizer = prior_settings(prior.config)
     tokenizer_path = args.tokenizer or recorded_tokenizer
     if tokenizer_path is None:
         raise SystemExit("the prior records no tokenizer; pass --tokenizer.")
+    require_existing_folder(tokenizer_path, "--tokenizer" if args.tokenizer else "the prior's recorded tokenizer")
     tokenizer = ArcVQModel.from_pretrained(tokenizer_path).eval()
     processor = ArcVQImageProcessor.from_pretrained(tokenizer_path)
     if tokenizer.config.codebook_size != vocabulary.codebook_size:

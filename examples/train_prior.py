@@ -5,23 +5,27 @@ transformers Trainer. The token data set is encoded once and cached as Arrow fil
 
     python examples/train_prior.py --tokenizer checkpoints/arcvq-vae-mnist --output_dir outputs/prior-arcvq-mnist
 
-The saved folder is a plain GPT-2 (`GPT2LMHeadModel.from_pretrained`) whose config also records the token layout,
-the latent shape and the tokenizer path (`config.image_prior`); examples/generate.py samples from it.
+Every TrainingArguments flag works (`--bf16`, `--report_to tensorboard`, `--push_to_hub`, `--resume_from_checkpoint`,
+`--per_device_train_batch_size`, ...); `python examples/train_prior.py --help` lists them. The saved folder is a plain
+GPT-2 (`GPT2LMHeadModel.from_pretrained`) whose config also records the token layout, the latent shape and the
+tokenizer path (`config.image_prior`); examples/generate.py samples from it. `--push_to_hub` uploads it once at the
+end (weights, config, summary and card; no pickled training_args.bin).
 """
 
-from __future__ import annotations
-
-import argparse
 import json
 import math
-import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from datasets import ClassLabel
-from transformers import GPT2LMHeadModel, Trainer, TrainingArguments, set_seed
+from transformers import GPT2LMHeadModel, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.data import load_image_dataset, train_eval_splits
+from arcvq_hf.io_utils import atomic_write_json, require_existing_folder
+from arcvq_hf.model_card import upload_model_folder
 from arcvq_hf.prior import (
     ImageTokenCollator,
     ImageTokenVocabulary,
@@ -32,38 +36,54 @@ from arcvq_hf.prior import (
 )
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", default="checkpoints/arcvq-vae-mnist", help="ArcVQ folder or hub id.")
-    parser.add_argument("--dataset", default="mnist-5k", help="built-in name, imagefolder path or saved DatasetDict.")
-    parser.add_argument("--output_dir", default="outputs/prior-arcvq-mnist")
-    parser.add_argument("--cache_dir", default="outputs/token-cache", help="where encoded token sets are cached.")
-    parser.add_argument("--unconditional", action="store_true", help="no class tokens (ignore the labels).")
-    parser.add_argument("--n_layer", type=int, default=4)
-    parser.add_argument("--n_embd", type=int, default=128)
-    parser.add_argument("--n_head", type=int, default=4)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--max_steps", type=int, default=1500)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.01)
-    parser.add_argument("--warmup_steps", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's).")
-    return parser.parse_args()
+@dataclass
+class PriorArguments:
+    """The tokenizer, the images and the size of the GPT-2 prior."""
+
+    tokenizer: str = field(default="checkpoints/arcvq-vae-mnist", metadata={"help": "ArcVQ folder or hub id."})
+    dataset: str = field(default="mnist-5k", metadata={"help": "built-in name, imagefolder path or saved DatasetDict."})
+    cache_dir: str = field(default="outputs/token-cache", metadata={"help": "where encoded token sets are cached."})
+    unconditional: bool = field(default=False, metadata={"help": "no class tokens (ignore the labels)."})
+    n_layer: int = field(default=4, metadata={"help": "GPT-2 layers."})
+    n_embd: int = field(default=128, metadata={"help": "GPT-2 width."})
+    n_head: int = field(default=4, metadata={"help": "GPT-2 attention heads."})
+    dropout: float = field(default=0.1, metadata={"help": "residual, embedding and attention dropout."})
+    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)."})
 
 
-def main() -> None:
-    args = parse_args()
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    set_seed(args.seed)
-    tokenizer = ArcVQModel.from_pretrained(args.tokenizer).eval()
-    processor = ArcVQImageProcessor.from_pretrained(args.tokenizer)
-    train_images, test_images = train_eval_splits(load_image_dataset(args.dataset))
+def main(args: Sequence[str] | None = None) -> None:
+    parser = HfArgumentParser((PriorArguments, TrainingArguments))
+    parser.set_defaults(
+        output_dir="outputs/prior-arcvq-mnist",
+        max_steps=1500,
+        per_device_train_batch_size=64,
+        per_device_eval_batch_size=256,
+        learning_rate=1e-3,
+        weight_decay=0.01,
+        warmup_steps=100,
+        lr_scheduler_type="cosine",
+        logging_steps=50,
+        eval_strategy="steps",
+        eval_steps=0.2,  # five evaluations over the run (a float below 1 is a fraction of max_steps)
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    prior_args, training_args = parser.parse_args_into_dataclasses(args=args)
+    if prior_args.num_threads:
+        torch.set_num_threads(prior_args.num_threads)
+    require_existing_folder(prior_args.tokenizer, "--tokenizer")
+    set_seed(training_args.seed)
+    # Pushed once at the end, after the summary: Trainer would push inside save_model, with training_args.bin.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+
+    tokenizer = ArcVQModel.from_pretrained(prior_args.tokenizer).eval()
+    processor = ArcVQImageProcessor.from_pretrained(prior_args.tokenizer)
+    train_images, test_images = train_eval_splits(load_image_dataset(prior_args.dataset))
     splits = {"train": train_images, "test": test_images}
     tokens = {
-        split: tokenize_image_dataset(images, tokenizer, processor, cache_dir=args.cache_dir)
+        split: tokenize_image_dataset(images, tokenizer, processor, cache_dir=prior_args.cache_dir)
         for split, images in splits.items()
     }
     with torch.no_grad():
@@ -74,7 +94,7 @@ def main() -> None:
         raise ValueError(f"every image must give {latent_shape} tokens; resize the images to one size first.")
 
     label_feature = train_images.features.get("label")
-    if args.unconditional:
+    if prior_args.unconditional:
         num_classes = 0
     elif isinstance(label_feature, ClassLabel):
         num_classes = label_feature.num_classes
@@ -84,64 +104,56 @@ def main() -> None:
     config = prior_config(
         vocabulary,
         latent_shape,
-        tokenizer_name_or_path=args.tokenizer,
-        n_layer=args.n_layer,
-        n_embd=args.n_embd,
-        n_head=args.n_head,
-        resid_pdrop=args.dropout,
-        embd_pdrop=args.dropout,
-        attn_pdrop=args.dropout,
+        tokenizer_name_or_path=prior_args.tokenizer,
+        n_layer=prior_args.n_layer,
+        n_embd=prior_args.n_embd,
+        n_head=prior_args.n_head,
+        resid_pdrop=prior_args.dropout,
+        embd_pdrop=prior_args.dropout,
+        attn_pdrop=prior_args.dropout,
     )
     prior = GPT2LMHeadModel(config)
     print(f"prior: {prior.num_parameters() / 1e6:.2f} M parameters, vocabulary {config.vocab_size}, "
           f"{config.n_positions} positions, latent shape {latent_shape}")  # fmt: skip
 
     collator = ImageTokenCollator(vocabulary)
-    arguments = TrainingArguments(
-        output_dir=args.output_dir,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=256,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        lr_scheduler_type="cosine",
-        logging_steps=50,
-        eval_strategy="steps",
-        eval_steps=max(1, args.max_steps // 5),
-        save_strategy="no",
-        report_to=[],
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-        seed=args.seed,
-    )
     trainer = Trainer(
         model=prior,
-        args=arguments,
+        args=training_args,
         train_dataset=tokens["train"],
         eval_dataset=tokens["test"],
         data_collator=collator,
     )
-    trainer.train()
-    trainer.save_model(args.output_dir)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    output_dir = Path(training_args.output_dir)
+    trainer.save_model(str(output_dir))
+    if not trainer.is_world_process_zero():
+        return
+    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the summary records the run instead
 
     test_ids = collator(list(tokens["test"]))["input_ids"]
     test_bits = bits_per_token(image_token_nll(prior, vocabulary, test_ids))
     summary = {
-        "tokenizer": args.tokenizer,
-        "dataset": args.dataset,
-        "max_steps": args.max_steps,
+        "tokenizer": prior_args.tokenizer,
+        "dataset": prior_args.dataset,
+        "max_steps": training_args.max_steps,
         "parameters": prior.num_parameters(),
         "test_bits_per_token": test_bits,
         "test_bits_per_image": test_bits * sequence_length,
         "uniform_bits_per_token": math.log2(vocabulary.codebook_size),
     }
-    path = os.path.join(args.output_dir, "prior_summary.json")
-    with open(path + ".tmp", "w") as handle:
-        json.dump(summary, handle, indent=2)
-    os.replace(path + ".tmp", path)
+    atomic_write_json(output_dir / "prior_summary.json", summary)
     print(json.dumps(summary, indent=2))
+    if push_to_hub:
+        trainer.create_model_card(model_name=output_dir.absolute().name, dataset=prior_args.dataset)
+        upload_model_folder(
+            output_dir,
+            training_args.hub_model_id or output_dir.absolute().name,
+            token=training_args.hub_token,
+            private=training_args.hub_private_repo,
+            revision=training_args.hub_revision,
+            commit_message="End of training",
+        )
 
 
 if __name__ == "__main__":

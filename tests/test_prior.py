@@ -18,6 +18,7 @@ from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
 
 import arcvq_hf.prior as prior_module
 from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
+from arcvq_hf.io_utils import save_image_atomic
 from arcvq_hf.prior import (
     ImageTokenCollator,
     ImageTokenLogitsProcessor,
@@ -31,7 +32,6 @@ from arcvq_hf.prior import (
     prior_settings,
     raster_order,
     sample_image_tokens,
-    save_image_atomic,
     tokenize_image_dataset,
 )
 
@@ -379,7 +379,7 @@ def test_train_prior_and_generate_examples_end_to_end(tmp_path, monkeypatch):
     run_example(
         "train_prior",
         ["--tokenizer", str(tokenizer_dir), "--dataset", str(data_dir), "--output_dir", str(prior_dir),
-         "--cache_dir", str(tmp_path / "cache"), "--max_steps", "2", "--batch_size", "6",
+         "--cache_dir", str(tmp_path / "cache"), "--max_steps", "2", "--per_device_train_batch_size", "6",
          "--n_layer", "1", "--n_embd", "32", "--n_head", "2"],
         monkeypatch,
     )  # fmt: skip
@@ -399,3 +399,21 @@ def test_train_prior_and_generate_examples_end_to_end(tmp_path, monkeypatch):
     grid = PIL.Image.open(output)
     # one row per class, 4 samples per row, 12x12 images with 2-pixel gaps
     assert grid.size == (4 * (12 + 2) + 2, 3 * (12 + 2) + 2)
+
+
+def test_generate_and_train_prior_refuse_wrong_folders_and_counts_clearly(tmp_path, monkeypatch, capsys):
+    tokenizer_dir = tmp_path / "tokenizer"
+    tiny_tokenizer().save_pretrained(tokenizer_dir)
+    ArcVQImageProcessor(num_channels=1).save_pretrained(tokenizer_dir)
+    output = tmp_path / "samples.png"
+    with pytest.raises(SystemExit):
+        run_example("generate", ["--prior", str(tokenizer_dir), "--samples_per_class", "0"], monkeypatch)
+    assert "--samples_per_class must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="is an ArcVQ tokenizer, not a prior.*--tokenizer"):
+        run_example("generate", ["--prior", str(tokenizer_dir), "--output", str(output)], monkeypatch)
+    with pytest.raises(FileNotFoundError, match="--prior .*no such local folder"):
+        run_example("generate", ["--prior", str(tmp_path / "no-prior"), "--output", str(output)], monkeypatch)
+    with pytest.raises(FileNotFoundError, match="--tokenizer .*no such local folder"):
+        run_example("train_prior", ["--tokenizer", str(tmp_path / "no-tokenizer"), "--output_dir", str(tmp_path / "p")],
+                    monkeypatch)  # fmt: skip
+    assert not output.exists() and not (tmp_path / "p").exists()
