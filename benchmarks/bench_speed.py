@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -31,7 +30,9 @@ import torch
 
 from arcvq_hf import ArcVQConfig, ArcVQModel
 from arcvq_hf.data import mnist_arrays
+from arcvq_hf.io_utils import atomic_write_json
 from arcvq_hf.quantization import arc_margin_loss, dense_arc_margin_loss
+from arcvq_hf.transforms import pixel_variance
 
 BENCHMARK_DIR = Path(__file__).resolve().parent
 # The authors' release on these machines (shared/TARGETS.md).
@@ -57,7 +58,7 @@ def time_training_steps(rounds: int) -> dict[str, list[float]]:
     """Seconds of one optimizer step per preset, `rounds` samples each, interleaved."""
     train, _, _, _ = mnist_arrays()
     pixels = torch.from_numpy(train)
-    variance = float(np.var(train.astype(np.float64)))
+    variance = pixel_variance(train, max_images=None)
     models, optimizers = {}, {}
     for preset in ("vq-baseline", "cosine-only", "arcvq"):
         torch.manual_seed(0)
@@ -215,9 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         "large_arc_loss": large,
         "chunk_elements": ArcVQConfig().quantizer_chunk_elements,
     }
-    temporary = args.output.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(temporary, args.output)
+    atomic_write_json(args.output, record, indent=1)
     for row in rows:
         print(f"{row['what']}: {row['value']}   [{row['target']}]")
 

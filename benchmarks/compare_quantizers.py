@@ -25,7 +25,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from arcvq_hf import ArcVQConfig, ArcVQModel
+from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.data import load_builtin_dataset, mnist_arrays
+from arcvq_hf.image_processing_arcvq import to_unit_range
+from arcvq_hf.io_utils import atomic_write, atomic_write_json, atomic_write_text
 from arcvq_hf.metrics import evaluate_reconstruction
+from arcvq_hf.transforms import pixel_variance
 
 BENCHMARK_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARK_DIR / "results"
@@ -62,18 +64,13 @@ def load_arrays(dataset: str) -> tuple[np.ndarray, np.ndarray]:
         return train, test
     if dataset == "photos":
         splits = load_builtin_dataset("skimage-photos")  # the benchmark's `photos` is the 32x32 scikit-image crop set
+        processor = ArcVQImageProcessor(num_channels=3)
 
         def to_array(split: str) -> np.ndarray:
-            images = np.stack([np.asarray(image.convert("RGB")) for image in splits[split]["image"]])
-            return (images.astype(np.float32) / 255.0 - 0.5) / 0.5
+            return processor(splits[split]["image"], return_tensors="np")["pixel_values"]
 
-        return to_array("train").transpose(0, 3, 1, 2).copy(), to_array("test").transpose(0, 3, 1, 2).copy()
+        return to_array("train"), to_array("test")
     raise ValueError(f"Unknown data set {dataset!r}; expected one of {DATASETS}.")
-
-
-def data_variance(train: np.ndarray) -> float:
-    """The protocol's normaliser: var(train / 255) * 4, i.e. the variance of the [-1, 1] training pixels."""
-    return float(np.var(train.astype(np.float64)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -135,7 +132,7 @@ def train_and_evaluate(
     torch.set_num_threads(int(os.environ.get("ARCVQ_BENCH_THREADS", "2")))
     train_np, test_np = load_arrays(dataset)
     train, test = torch.from_numpy(train_np), torch.from_numpy(test_np)
-    variance = data_variance(train_np)
+    variance = pixel_variance(train_np, max_images=None)  # the protocol's var(train / 255) * 4
     torch.manual_seed(seed)
     config = ArcVQConfig.from_preset(preset, num_channels=train.shape[1], data_variance=variance, **overrides)
     model = ArcVQModel(config)
@@ -216,7 +213,8 @@ def _short(metrics: dict[str, float]) -> str:
 
 
 def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    return ((pixels.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    """(B, C, H, W) model-space pixels -> uint8 (B, C, H, W)."""
+    return (to_unit_range(pixels) * 255).round().to(torch.uint8).numpy()
 
 
 def _nearest_code_angles(codebook: torch.Tensor) -> np.ndarray:
@@ -227,19 +225,6 @@ def _nearest_code_angles(codebook: torch.Tensor) -> np.ndarray:
     return torch.rad2deg(torch.acos(cosines.max(dim=1).values.clamp(-1, 1))).numpy()
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=path.suffix + ".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def run_single(args: argparse.Namespace) -> None:
     """Child-process entry point: train one run and write its files."""
     overrides = parse_overrides(args.override)
@@ -247,10 +232,8 @@ def run_single(args: argparse.Namespace) -> None:
     name = run_name(dataset, preset, seed, args.steps, overrides)
     record, arrays = train_and_evaluate(dataset, preset, seed, args.steps, overrides, args.eval_every)
     record["name"] = name
-    _write_atomically(args.results_dir / f"{name}.npz", lambda path: np.savez_compressed(open(path, "wb"), **arrays))
-    _write_atomically(
-        args.results_dir / f"{name}.json", lambda path: Path(path).write_text(json.dumps(record, indent=1) + "\n")
-    )
+    atomic_write(args.results_dir / f"{name}.npz", lambda path: np.savez_compressed(open(path, "wb"), **arrays))
+    atomic_write_json(args.results_dir / f"{name}.json", record, indent=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,7 +242,8 @@ def run_single(args: argparse.Namespace) -> None:
 
 
 def load_records(results_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json"))]
+    # Hidden names are files still being written (io_utils stages them as `.<name>.<random>.tmp.json`).
+    return [json.loads(path.read_text()) for path in sorted(results_dir.glob("[!.]*.json"))]
 
 
 def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -387,7 +371,7 @@ def _save(figure: Any, file: str, caption: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
-    _write_atomically(PLOTS_DIR / file, lambda path: figure.savefig(path, dpi=110, format="png"))
+    atomic_write(PLOTS_DIR / file, lambda path: figure.savefig(path, dpi=110, format="png"))
     plt.close(figure)
     return [f"![{caption}](plots/{file})", ""]
 
@@ -441,7 +425,7 @@ def write_report(results_dir: Path, steps: int) -> Path:
     if notes.exists():
         lines += ["", notes.read_text()]
     path = BENCHMARK_DIR / "RESULTS.md"
-    _write_atomically(path, lambda tmp: Path(tmp).write_text("\n".join(lines).rstrip() + "\n"))
+    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 

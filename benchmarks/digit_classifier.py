@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from arcvq_hf.data import mnist_arrays
+from arcvq_hf.io_utils import atomic_write
 
 DEFAULT_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digit_classifier.safetensors")
 
@@ -111,9 +112,8 @@ def main() -> None:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     classifier, accuracy = train_digit_classifier(epochs=args.epochs, seed=args.seed)
-    temporary = args.output + ".tmp"
-    save_file({name: tensor.contiguous() for name, tensor in classifier.state_dict().items()}, temporary)
-    os.replace(temporary, args.output)
+    weights = {name: tensor.contiguous() for name, tensor in classifier.state_dict().items()}
+    atomic_write(args.output, lambda temporary: save_file(weights, temporary))
     print(f"test accuracy {accuracy:.4f} (1000 mnist-5k test digits); weights saved to {args.output}")
 
 

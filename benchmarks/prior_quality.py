@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 
 import numpy as np
@@ -28,6 +27,7 @@ from transformers import GPT2LMHeadModel
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.data import load_builtin_dataset, mnist_arrays
+from arcvq_hf.io_utils import atomic_write_json
 from arcvq_hf.metrics import CodebookUsage
 from arcvq_hf.prior import (
     ImageTokenCollator,
@@ -146,10 +146,7 @@ def main() -> None:
         print(json.dumps({name: results[name]}, indent=2))
     print(markdown_table(results))
     if args.output:
-        temporary = args.output + ".tmp"
-        with open(temporary, "w") as handle:
-            json.dump(results, handle, indent=2)
-        os.replace(temporary, args.output)
+        atomic_write_json(args.output, results)
 
 
 if __name__ == "__main__":

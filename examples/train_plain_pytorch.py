@@ -19,6 +19,7 @@ import torch
 from arcvq_hf import PRESETS, ArcVQConfig, ArcVQModel
 from arcvq_hf.data import mnist_arrays
 from arcvq_hf.metrics import evaluate_reconstruction
+from arcvq_hf.transforms import pixel_variance
 
 REPORTED = ("reconstruction_loss", "codebook_utilization", "perplexity", "dead_codes", "psnr", "ssim")
 
@@ -36,7 +37,7 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     train, test, _, _ = (torch.as_tensor(array) for array in mnist_arrays())
-    data_variance = float(((train + 1) / 2).var()) * 4  # var(x / 255) * 4 on [-1, 1] pixels
+    data_variance = pixel_variance(train, max_images=None)  # var(x / 255) * 4 on [-1, 1] pixels
     model = ArcVQModel(ArcVQConfig.from_preset(args.preset, num_channels=1, data_variance=data_variance))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
     order = torch.Generator().manual_seed(args.seed)
