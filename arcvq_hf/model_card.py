@@ -1,4 +1,4 @@
-"""Model cards from measured metrics, and publishing a model folder to the Hub.
+"""Model cards from measured metrics.
 
 A saved model folder holds what its card needs: `config.json` and the weights (what the model is, its schedule
 step), `eval_results.json` (the metrics Trainer's `save_metrics` wrote) and `training_run.json` (`TrainingRun`:
@@ -9,8 +9,7 @@ regenerates `README.md` from them at any time; from the command line, for a fold
     python -m arcvq_hf.model_card checkpoints/arcvq-vae-mnist --dataset mnist-5k --train_split train \\
         --eval_split test
 
-`upload_model_folder` pushes exactly the files a user needs (card, config, weights, remote code, metrics JSONs),
-never a pickle such as Trainer's `training_args.bin`, and never checkpoint sub-folders.
+Publishing the folder (after its card is written) is `arcvq_hf.publish.upload_model_folder`.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import huggingface_hub
 
 from .io_utils import atomic_write_json, atomic_write_text
 
@@ -42,9 +39,6 @@ RUN_FILE = "training_run.json"
 # The task of the model-index results: the custom pipeline task the package registers (`image-tokenization`).
 MODEL_INDEX_TASK = "image-tokenization"
 TAGS = ["arcvq", "vq-vae", "image-tokenizer", "vector-quantization", "custom_code"]
-# What a published model folder holds; everything else (checkpoint-* sub-folders, pickles, logs) stays local.
-PUBLISHED_PATTERNS = ["README.md", "*.json", "*.safetensors", "*.py"]
-NEVER_PUBLISHED = ["*/*", ".*", "training_args.bin", "*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt"]
 
 METRIC_ROWS = (
     ("codebook_utilization", "codebook utilization (fraction of K used on the eval split)"),
@@ -319,48 +313,6 @@ def recorded_training(folder: str | os.PathLike) -> tuple[str | None, dict[str, 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Publishing
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def published_files(folder: str | os.PathLike) -> list[str]:
-    """The files of `folder` that `upload_model_folder` sends (relative paths, sorted)."""
-    from huggingface_hub.utils import filter_repo_objects
-
-    root = Path(folder)
-    files = [path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()]
-    return sorted(filter_repo_objects(files, allow_patterns=PUBLISHED_PATTERNS, ignore_patterns=NEVER_PUBLISHED))
-
-
-def upload_model_folder(
-    folder: str | os.PathLike,
-    repo_id: str,
-    token: str | None = None,
-    private: bool | None = None,
-    revision: str | None = None,
-    commit_message: str = "Upload ArcVQ model",
-) -> str:
-    """Create the Hub repo if needed and upload the model folder's published files (see `published_files`).
-    The model card must be written first. Returns the repo id (with its namespace)."""
-    folder = Path(folder)
-    if not (folder / "README.md").is_file():
-        raise FileNotFoundError(f"{folder} has no README.md: write the model card before publishing.")
-    repo_id = huggingface_hub.create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
-    if revision:
-        huggingface_hub.create_branch(repo_id, branch=revision, token=token, exist_ok=True)
-    huggingface_hub.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        allow_patterns=PUBLISHED_PATTERNS,
-        ignore_patterns=NEVER_PUBLISHED,
-        token=token,
-        revision=revision,
-        commit_message=commit_message,
-    )
-    return repo_id
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Command line: re-card an existing folder
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -400,16 +352,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
 __all__ = [
     "BIBTEX",
     "MODEL_INDEX_TASK",
-    "NEVER_PUBLISHED",
-    "PUBLISHED_PATTERNS",
     "RUN_FILE",
     "TrainingRun",
     "describe_dataset",
     "describe_model",
     "model_card_text",
-    "published_files",
     "recorded_training",
-    "upload_model_folder",
     "write_model_card",
 ]
 

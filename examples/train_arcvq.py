@@ -48,7 +48,8 @@ from arcvq_hf import PRESETS, ArcVQConfig, ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.data import BUILTIN_DATASETS, load_image_dataset, train_eval_splits
 from arcvq_hf.gan import ArcVQGANTrainer, GANSettings
 from arcvq_hf.io_utils import looks_like_local_path, removed_if_left_empty, require_existing_folder
-from arcvq_hf.model_card import TrainingRun, upload_model_folder, write_model_card
+from arcvq_hf.model_card import TrainingRun, write_model_card
+from arcvq_hf.publish import upload_model_folder
 from arcvq_hf.trainer import ArcVQTrainer
 from arcvq_hf.transforms import infer_num_channels, lazy_image_decoding, pixel_values_transform, pixel_variance
 

@@ -25,7 +25,6 @@ from transformers import GPT2LMHeadModel, HfArgumentParser, Trainer, TrainingArg
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.data import load_image_dataset, train_eval_splits
 from arcvq_hf.io_utils import atomic_write_json, require_existing_folder
-from arcvq_hf.model_card import upload_model_folder
 from arcvq_hf.prior import (
     ImageTokenCollator,
     ImageTokenVocabulary,
@@ -34,6 +33,7 @@ from arcvq_hf.prior import (
     prior_config,
     tokenize_image_dataset,
 )
+from arcvq_hf.publish import upload_model_folder
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Model cards: what each model is, dataset and splits, citation, usage, front matter from measured metrics;
-re-carding a saved folder from its files; which files a push publishes."""
+re-carding a saved folder from its files."""
 
 import json
 
@@ -14,7 +14,6 @@ from arcvq_hf.model_card import (
     describe_model,
     main,
     model_card_text,
-    published_files,
     write_model_card,
 )
 
@@ -99,18 +98,3 @@ def test_a_card_is_not_written_without_measured_metrics(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="eval_results.json"):
         write_model_card(folder, RUN)
     assert sorted(folder.iterdir()) == before  # no README.md, no temporary file
-
-
-def test_published_files_are_the_card_config_weights_code_and_metrics_only(tmp_path) -> None:
-    for name in ("README.md", "config.json", "model.safetensors", "modeling_arcvq.py", "eval_results.json",
-                 "training_args.bin", "optimizer.pt", "checkpoint-2/config.json", "checkpoint-2/model.safetensors",
-                 "runs/events.out.tfevents", ".hidden.json"):  # fmt: skip
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("x")
-    assert published_files(tmp_path) == [
-        "README.md",
-        "config.json",
-        "eval_results.json",
-        "model.safetensors",
-        "modeling_arcvq.py",
-    ]
