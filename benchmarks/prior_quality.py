@@ -29,14 +29,8 @@ from arcvq_hf import ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.data import load_builtin_dataset, mnist_arrays
 from arcvq_hf.io_utils import atomic_write_json
 from arcvq_hf.metrics import CodebookUsage
-from arcvq_hf.prior import (
-    ImageTokenCollator,
-    bits_per_token,
-    image_token_nll,
-    prior_settings,
-    sample_image_tokens,
-    tokenize_image_dataset,
-)
+from arcvq_hf.prior import bits_per_token, image_token_nll, prior_settings, sample_image_tokens
+from arcvq_hf.prior_data import ImageTokenCollator, tokenize_image_dataset
 
 
 def unigram_bits_per_token(train_tokens: torch.Tensor, test_tokens: torch.Tensor, codebook_size: int) -> float:

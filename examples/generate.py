@@ -16,7 +16,8 @@ from transformers import GPT2LMHeadModel, PretrainedConfig
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.io_utils import require_existing_folder, save_image_atomic
-from arcvq_hf.prior import PRIOR_CONFIG_KEY, decode_image_tokens, image_grid, prior_settings, sample_image_tokens
+from arcvq_hf.prior import PRIOR_CONFIG_KEY, prior_settings, sample_image_tokens
+from arcvq_hf.prior_data import decode_image_tokens, image_grid
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,5 +1,6 @@
-"""Tests of arcvq_hf.prior: raster order, the vocabulary bijection, constrained generation, token data sets, and
-that a tiny GPT-2 prior learns. Everything uses tiny random models; nothing depends on shipped checkpoints."""
+"""Tests of arcvq_hf.prior and arcvq_hf.prior_data: raster order, the vocabulary bijection, constrained generation,
+token data sets, and that a tiny GPT-2 prior learns. Everything uses tiny random models; nothing depends on shipped
+checkpoints."""
 
 from __future__ import annotations
 
@@ -16,24 +17,21 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
 
-import arcvq_hf.prior as prior_module
+import arcvq_hf.prior_data as prior_data_module
 from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.io_utils import save_image_atomic
 from arcvq_hf.prior import (
-    ImageTokenCollator,
     ImageTokenLogitsProcessor,
     ImageTokenVocabulary,
     bits_per_token,
-    encode_images,
     from_raster_order,
-    image_grid,
     image_token_nll,
     prior_config,
     prior_settings,
     raster_order,
     sample_image_tokens,
-    tokenize_image_dataset,
 )
+from arcvq_hf.prior_data import ImageTokenCollator, encode_images, image_grid, tokenize_image_dataset
 
 CODEBOOK_SIZE = 32
 LATENT_SHAPE = (3, 3)
@@ -271,7 +269,7 @@ def test_tokenize_image_dataset_encodes_once_and_reuses_the_cache(tmp_path, monk
     def no_encoding(*args, **kwargs):
         raise AssertionError("a cached token data set was encoded again")
 
-    monkeypatch.setattr(prior_module, "encode_images", no_encoding)
+    monkeypatch.setattr(prior_data_module, "encode_images", no_encoding)
     again = tokenize_image_dataset(dataset, model, processor, cache_dir=tmp_path, batch_size=4)
     assert again["image_tokens"] == tokens["image_tokens"]
     # A different tokenizer gets its own cache file, so it is encoded (and here fails) rather than reused.
