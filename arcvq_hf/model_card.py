@@ -54,6 +54,8 @@ METRIC_ROWS = (
     ("num_images", "evaluation images"),
 )
 MODEL_INDEX_METRICS = ("codebook_utilization", "perplexity", "psnr", "ssim")
+# Where ArcVQModel's weights keep the optimizer step that drives its schedules.
+STEP_KEY = "quantizer.step"
 
 
 @dataclass
@@ -278,12 +280,11 @@ def write_model_card(
     Args:
         folder: a saved model folder.
         run: how it was trained; default: the folder's `training_run.json`.
-        model: the `ArcVQModel` (for its config and schedule step); default: loaded from `folder`.
+        model: the `ArcVQModel` (for its config and schedule step); default: read from `folder`'s config.json and
+            weights (without building the model).
         metrics: the measured metrics; default: the folder's `eval_results.json`.
     Sections of an existing README.md that this module does not generate (hand-written notes) are kept.
     """
-    from .modeling_arcvq import ArcVQModel
-
     folder = Path(folder)
     run = run or TrainingRun.load(folder)
     if metrics is None:
@@ -291,13 +292,29 @@ def write_model_card(
         if not results.is_file():
             raise FileNotFoundError(f"{results} is missing: evaluate the model (Trainer.save_metrics) first.")
         metrics = json.loads(results.read_text())
-    model = model if model is not None else ArcVQModel.from_pretrained(folder)
-    text = model_card_text(folder.resolve().name, model.config, model.training_step, metrics, run)
+    if model is not None:
+        config, training_step = model.config, model.training_step
+    else:
+        config, training_step = _saved_config_and_step(folder)
+    text = model_card_text(folder.resolve().name, config, training_step, metrics, run)
     readme = folder / "README.md"
     if readme.is_file():
         notes = _other_sections(readme.read_text(encoding="utf-8"), GENERATED_SECTIONS)
         text = text + ("\n" + notes + "\n" if notes else "")
     return atomic_write_text(readme, text)
+
+
+def _saved_config_and_step(folder: Path) -> tuple[Any, int]:
+    """(ArcVQConfig, the schedule step saved with the weights) of a saved folder, read without building the model."""
+    from safetensors import safe_open
+
+    from .configuration_arcvq import ArcVQConfig
+
+    for weights in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as handle:
+            if STEP_KEY in handle.keys():
+                return ArcVQConfig.from_pretrained(folder), int(handle.get_tensor(STEP_KEY))
+    raise FileNotFoundError(f"{folder} holds no safetensors weights with `{STEP_KEY}` (an ArcVQModel's schedule step).")
 
 
 def recorded_training(folder: str | os.PathLike) -> tuple[str | None, dict[str, str]]:
