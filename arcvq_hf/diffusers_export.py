@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from diffusers import VQModel
 
+from .backbones_arcvq import vqgan_block_types
 from .convert_common import atomic_output_dir
-from .modeling_arcvq import ArcVQModel, vqgan_block_types
+from .modeling_arcvq import ArcVQModel
 
 # Our key -> VQModel key; everything else keeps its name (encoder.*, decoder.*, quant_conv.*, post_quant_conv.*).
 _RENAMED_KEYS = {"quantizer.embedding.weight": "quantize.embedding.weight"}

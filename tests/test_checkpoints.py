@@ -47,6 +47,7 @@ def test_checkpoint_remote_code_is_the_package_source(name):
     package = Path(arcvq_hf.__file__).parent
     copies = sorted((CHECKPOINTS / name).glob("*.py"))
     assert [copy.name for copy in copies] == [
+        "backbones_arcvq.py",
         "configuration_arcvq.py",
         "image_processing_arcvq.py",
         "modeling_arcvq.py",
@@ -80,18 +81,22 @@ _REMOTE_CODE_SCRIPT = textwrap.dedent(
     """
     import importlib.abc, importlib.util, json, sys
 
+    # Neither the package nor diffusers: a vqvae checkpoint's remote code needs only torch and transformers.
+    BLOCKED = ("arcvq_hf", "diffusers")
+
     class _NoPackage(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name == "arcvq_hf" or name.startswith("arcvq_hf."):
+            if name.split(".")[0] in BLOCKED:
                 raise ModuleNotFoundError(f"blocked: {name}")
             return None
 
     sys.meta_path.insert(0, _NoPackage())
-    try:
-        importlib.util.find_spec("arcvq_hf")
-        raise SystemExit("arcvq_hf is still importable")
-    except ModuleNotFoundError:
-        pass
+    for blocked in BLOCKED:
+        try:
+            importlib.util.find_spec(blocked)
+            raise SystemExit(f"{blocked} is still importable")
+        except ModuleNotFoundError:
+            pass
 
     import numpy as np
     import torch
@@ -105,7 +110,8 @@ _REMOTE_CODE_SCRIPT = textwrap.dedent(
         with torch.no_grad():
             reconstruction = model(pixel_values, return_loss=False).reconstruction
         np.save(output, reconstruction.numpy())
-        assert "arcvq_hf" not in sys.modules and type(model).__module__.startswith("transformers_modules")
+        assert not {"arcvq_hf", "diffusers"} & set(sys.modules)
+        assert type(model).__module__.startswith("transformers_modules")
         assert type(processor).__module__.startswith("transformers_modules")
     """
 )

@@ -57,7 +57,13 @@ def test_saved_folder_loads_with_remote_code_without_the_package(tmp_path):
     processor.save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_arcvq.ArcVQModel"
-    for name in ("configuration_arcvq.py", "modeling_arcvq.py", "quantization.py", "image_processing_arcvq.py"):
+    for name in (
+        "backbones_arcvq.py",
+        "configuration_arcvq.py",
+        "modeling_arcvq.py",
+        "quantization.py",
+        "image_processing_arcvq.py",
+    ):
         assert (folder / name).exists()
 
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
