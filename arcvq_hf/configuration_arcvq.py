@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -14,27 +13,49 @@ CODEBOOK_INITS = ("uniform_normalized", "uniform_scaled")
 RECONSTRUCTION_LOSSES = ("mse", "l1")
 
 
-def check_pretrained_location(name_or_path: str | os.PathLike, what: str = "model") -> None:
-    """Raise a clear FileNotFoundError when `name_or_path` is meant as a local folder that does not exist.
+# Local paths vs Hub ids: defined here because this file travels with checkpoints; arcvq_hf.io_utils re-exports them.
 
-    transformers takes any missing path for a Hub id and answers with "Repo id must be in the form ..." or an
-    internet-connection error. A name is taken as a local path when it starts with '.', '/' or '~', ends in '/',
-    holds a backslash or more than one '/', or its parent folder exists here (so `runs/arcvq` with an existing `runs/`).
+
+def looks_like_local_path(name: str | os.PathLike) -> bool:
+    """Whether `name` can only be meant as a local path: absolute, starting with `.` or `~`, holding a backslash or
+    more than one `/`, not a valid Hub repo id, or inside a local folder that exists (`runs/model` when `runs/` is
+    there). `org/name` with no such folder counts as a Hub id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    text = os.fspath(name)
+    if os.path.isabs(text) or text.startswith((".", "~")) or "\\" in text or text.count("/") > 1:
+        return True
+    if "/" in text and os.path.isdir(text.split("/", 1)[0]):
+        return True
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return True
+    return False
+
+
+def require_existing_folder(path: str | os.PathLike, what: str) -> str:
+    """Return `path` if it is an existing folder or a plausible Hub repo id; otherwise raise a clear error.
+
+    Args:
+        path: what the user gave (a local folder or a Hub id such as `org/name`).
+        what: how to name it in the message, e.g. `"--model_name_or_path"`.
+    Raises:
+        NotADirectoryError: `path` is an existing file.
+        FileNotFoundError: `path` looks like a local path (see `looks_like_local_path`) and does not exist.
     """
-    name = str(name_or_path)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return
-    if path.is_file():
+    text = os.fspath(path)
+    if os.path.isdir(text):
+        return text
+    if os.path.exists(text):
+        raise NotADirectoryError(f"{what} {text!r} is a file; it must be a saved folder (or a Hub repo id).")
+    if looks_like_local_path(text):
         raise FileNotFoundError(
-            f"{path} is a file; a {what} location is a folder (save_pretrained) or a Hub id."
+            f"{what} {text!r}: no such local folder (looked in {os.path.abspath(os.path.expanduser(text))}). "
+            "Give an existing folder written by save_pretrained, or a Hub repo id such as `org/name`."
         )
-    path_like = name.startswith((".", "/", "~")) or name.endswith("/") or "\\" in name or name.count("/") > 1
-    if path_like or (path.parent != Path(".") and path.parent.is_dir()):
-        raise FileNotFoundError(
-            f"No {what} folder at {path}. Expected a folder written by save_pretrained (config.json + "
-            "model.safetensors) or a Hub id of the form owner/name."
-        )
+    return text
 
 
 class ArcVQConfig(PretrainedConfig):
@@ -76,7 +97,7 @@ class ArcVQConfig(PretrainedConfig):
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> tuple[dict, dict]:
         """`PretrainedConfig.get_config_dict`, with a clear error for a local folder that does not exist."""
-        check_pretrained_location(pretrained_model_name_or_path)
+        require_existing_folder(pretrained_model_name_or_path, "model location")
         return super().get_config_dict(pretrained_model_name_or_path, **kwargs)
 
     def __init__(
@@ -299,4 +320,4 @@ VQGAN_VARIANT: dict[str, Any] = {
     "reconstruction_loss": "l1",
 }
 
-__all__ = ["ArcVQConfig", "PRESETS", "VQGAN_VARIANT", "check_pretrained_location"]
+__all__ = ["ArcVQConfig", "PRESETS", "VQGAN_VARIANT", "looks_like_local_path", "require_existing_folder"]

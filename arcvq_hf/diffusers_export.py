@@ -28,7 +28,7 @@ import torch
 from diffusers import VQModel
 
 from .backbones_arcvq import vqgan_block_types
-from .convert_common import atomic_output_dir
+from .io_utils import atomic_output_dir
 from .modeling_arcvq import ArcVQModel
 
 # Our key -> VQModel key; everything else keeps its name (encoder.*, decoder.*, quant_conv.*, post_quant_conv.*).

@@ -10,7 +10,9 @@ the final `os.replace` is atomic) and removes the staging file or folder when an
   leaves no empty folder behind.
 
 `require_existing_folder(path, what)` turns "this looks like a local path but is not there" into a clear error
-before transformers / huggingface_hub mistake it for a Hub repo id ("Repo id must be in the form ...").
+before transformers / huggingface_hub mistake it for a Hub repo id ("Repo id must be in the form ..."). It is
+defined in `configuration_arcvq` (which travels with checkpoints, so `ArcVQConfig.from_pretrained` uses it too) and
+re-exported here.
 
 The library, the examples and the benchmarks import this module; it depends on the standard library,
 huggingface_hub's repo-id validator and (for `save_image_atomic`) PIL only.
@@ -26,6 +28,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .configuration_arcvq import looks_like_local_path, require_existing_folder
 
 
 def _staging_file(path: Path) -> Path:
@@ -125,48 +129,6 @@ def removed_if_left_empty(folder: str | os.PathLike) -> Iterator[Path]:
 # ----------------------------------------------------------------------------------------------------------------
 # Local folder or Hub id
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def looks_like_local_path(name: str | os.PathLike) -> bool:
-    """Whether `name` can only be meant as a local path: absolute, starting with `.` or `~`, holding a backslash or
-    more than one `/`, not a valid Hub repo id, or inside a local folder that exists (`runs/model` when `runs/` is
-    there). `org/name` with no such folder counts as a Hub id."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    text = os.fspath(name)
-    if os.path.isabs(text) or text.startswith((".", "~")) or "\\" in text or text.count("/") > 1:
-        return True
-    if "/" in text and os.path.isdir(text.split("/", 1)[0]):
-        return True
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        return True
-    return False
-
-
-def require_existing_folder(path: str | os.PathLike, what: str) -> str:
-    """Return `path` if it is an existing folder or a plausible Hub repo id; otherwise raise a clear error.
-
-    Args:
-        path: what the user gave (a local folder or a Hub id such as `org/name`).
-        what: how to name it in the message, e.g. `"--model_name_or_path"`.
-    Raises:
-        NotADirectoryError: `path` is an existing file.
-        FileNotFoundError: `path` looks like a local path (see `looks_like_local_path`) and does not exist.
-    """
-    text = os.fspath(path)
-    if os.path.isdir(text):
-        return text
-    if os.path.exists(text):
-        raise NotADirectoryError(f"{what} {text!r} is a file; it must be a saved folder (or a Hub repo id).")
-    if looks_like_local_path(text):
-        raise FileNotFoundError(
-            f"{what} {text!r}: no such local folder (looked in {os.path.abspath(os.path.expanduser(text))}). "
-            "Give an existing folder written by save_pretrained, or a Hub repo id such as `org/name`."
-        )
-    return text
 
 
 __all__ = [

@@ -86,7 +86,7 @@ def test_cli_exports_a_saved_folder_atomically(tmp_path):
 def test_a_missing_source_folder_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "absent"), str(tmp_path / "vq")])
-    assert exit_info.value.code == 1 and "No model folder at" in capsys.readouterr().err
+    assert exit_info.value.code == 1 and "no such local folder" in capsys.readouterr().err
     assert not (tmp_path / "vq").exists()
 
 
