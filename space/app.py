@@ -100,7 +100,7 @@ def _startup_problems(catalog: CheckpointCatalog, default_failures: dict[str, st
 
 def _checkpoint_choices(catalog: CheckpointCatalog, problems: dict[str, str]) -> list[tuple[str, str]]:
     """(label, value) pairs for the checkpoint dropdowns; a checkpoint that cannot load now says so in its label."""
-    return [(f"{name} (missing)" if name in problems else name, name) for name in catalog.offered()]
+    return [(f"{name} (unavailable)" if name in problems else name, name) for name in catalog.offered()]
 
 
 def build_demo(concurrency_limit: int = 4, allow_custom_checkpoints: bool | None = None) -> gr.Blocks:

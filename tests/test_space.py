@@ -487,7 +487,7 @@ def test_a_missing_shipped_checkpoint_is_named_and_the_demo_still_starts(monkeyp
         assert f"Checkpoint arcvq-hf/{name} is missing: no folder {tmp_path / name}" in shown
     assert "Checkpoint arcvq-hf/vq-vae-photos" not in shown
     dropdown = next(block for block in demo.blocks.values() if isinstance(block, gr.Dropdown))
-    assert ("arcvq-hf/vq-vae-mnist (missing)", "arcvq-hf/vq-vae-mnist") in dropdown.choices
+    assert ("arcvq-hf/vq-vae-mnist (unavailable)", "arcvq-hf/vq-vae-mnist") in dropdown.choices
     assert ("arcvq-hf/vq-vae-photos", "arcvq-hf/vq-vae-photos") in dropdown.choices
     status = app.DemoHandlers(catalog_module.CheckpointCatalog.from_environment()).reconstruct(
         str(app.EXAMPLES_DIR / "chelsea.png"), 64, "arcvq-hf/vq-vae-photos", "arcvq-hf/arcvq-vae-photos"
