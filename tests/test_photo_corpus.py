@@ -15,7 +15,7 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from arcvq_hf import data
+from arcvq_hf import photo_corpus
 from arcvq_hf.data import (
     PhotoCorpusNotFoundError,
     RandomCropDataset,
@@ -29,6 +29,10 @@ from arcvq_hf.data import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# The builder imports its sibling modules by plain name, as `python examples/build_photo_corpus.py` runs it.
+sys.path.insert(0, str(REPO / "examples"))
+allow_list = importlib.import_module("photo_corpus_sources")
+tools = importlib.import_module("photo_corpus_tools")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def _record(builder, source: str, seed: int, **fields):
         "copyright": "2024, Someone",
         "data": _png(seed),
     }
-    return builder.PhotoRecord(**(values | fields))
+    return tools.PhotoRecord(**(values | fields))
 
 
 @pytest.fixture()
@@ -99,66 +103,70 @@ def test_builder_never_upscales(builder) -> None:
 
 
 def test_real_allow_list_split_is_by_source_and_about_15_percent(builder) -> None:
-    sources = [photo.source for photo in builder.DEBIAN_PHOTOS] + [photo.source for photo in builder.SKIMAGE_PHOTOS]
+    sources = [photo.source for photo in allow_list.DEBIAN_PHOTOS] + [
+        photo.source for photo in allow_list.SKIMAGE_PHOTOS
+    ]
     assert len(sources) == len(set(sources))
-    assert builder.TEST_SOURCES <= set(sources)
-    assert 0.10 <= len(builder.TEST_SOURCES) / len(sources) <= 0.16
-    assert not {"scikit-image/stereo_motorcycle_left", "scikit-image/stereo_motorcycle_right"} & builder.TEST_SOURCES
+    assert allow_list.TEST_SOURCES <= set(sources)
+    assert 0.10 <= len(allow_list.TEST_SOURCES) / len(sources) <= 0.16
+    assert not {"scikit-image/stereo_motorcycle_left", "scikit-image/stereo_motorcycle_right"} & allow_list.TEST_SOURCES
 
 
 def test_committed_manifest_matches_the_allow_list(builder) -> None:
     manifest = json.loads((REPO / "examples" / "photo_corpus_manifest.json").read_text())
     entries = {entry["source"]: entry for entry in manifest["images"]}
-    expected = {photo.source for photo in builder.DEBIAN_PHOTOS} | {photo.source for photo in builder.SKIMAGE_PHOTOS}
+    expected = {photo.source for photo in allow_list.DEBIAN_PHOTOS} | {
+        photo.source for photo in allow_list.SKIMAGE_PHOTOS
+    }
     assert set(entries) == expected
     for source, entry in entries.items():
-        assert entry["split"] == ("test" if source in builder.TEST_SOURCES else "train")
+        assert entry["split"] == ("test" if source in allow_list.TEST_SOURCES else "train")
         assert len(entry["sha256"]) == 64 and entry["license"] and entry["package_version"]
-        assert entry["sha256"] not in builder.RESERVED_SHA256
-        assert Path(entry["member"] or entry["path"]).name not in builder.RESERVED_FILE_NAMES
+        assert entry["sha256"] not in allow_list.RESERVED_SHA256
+        assert Path(entry["member"] or entry["path"]).name not in allow_list.RESERVED_FILE_NAMES
 
 
 def test_manifest_round_trip_and_mismatch_detection(builder, records) -> None:
-    manifest = builder.make_manifest(records, TEST_SOURCES)
+    manifest = tools.make_manifest(records, TEST_SOURCES)
     assert [entry["source"] for entry in manifest["images"]] == sorted(r.source for r in records)
-    assert builder.compare_with_manifest(records, manifest) == []
+    assert tools.compare_with_manifest(records, manifest) == []
 
     changed = list(records)
     changed[2] = _record(builder, records[2].source, seed=99, package_version="2.0-1")
-    problems = builder.compare_with_manifest(changed, manifest)
+    problems = tools.compare_with_manifest(changed, manifest)
     assert len(problems) == 1
     assert records[2].source in problems[0] and "sha256" in problems[0] and "version changed" in problems[0]
 
     relicensed = [*records[:-1], _record(builder, records[-1].source, seed=9, license="GPL-3+")]
-    assert any("license changed" in problem for problem in builder.compare_with_manifest(relicensed, manifest))
+    assert any("license changed" in problem for problem in tools.compare_with_manifest(relicensed, manifest))
 
     extra = [*records[1:], _record(builder, "pkg-5/new", seed=50)]
-    problems = builder.compare_with_manifest(extra, manifest)
+    problems = tools.compare_with_manifest(extra, manifest)
     assert any("pkg-5/new: not in the manifest" in p for p in problems)
     assert any(f"{records[0].source}: in the manifest but not found" in p for p in problems)
 
 
 def test_reserved_evaluation_photos_are_rejected(builder, records) -> None:
-    builder.check_not_reserved(records)  # synthetic photos pass
+    tools.check_not_reserved(records)  # synthetic photos pass
     by_name = _record(builder, "sklearn/china", seed=1, path="sklearn/datasets/images/china.jpg")
-    with pytest.raises(builder.ReservedImageError, match="china.jpg"):
-        builder.check_not_reserved([*records, by_name])
-    installed = builder.installed_reserved_files()
+    with pytest.raises(tools.ReservedImageError, match="china.jpg"):
+        tools.check_not_reserved([*records, by_name])
+    installed = tools.installed_reserved_files()
     assert {file.name for file in installed} >= {"china.jpg", "flower.jpg", "grace_hopper.jpg"}
     for file in installed:
-        assert hashlib.sha256(file.read_bytes()).hexdigest() in builder.reserved_sha256()
+        assert hashlib.sha256(file.read_bytes()).hexdigest() in tools.reserved_sha256()
     # The same bytes under another name are caught by sha256; a re-encoding by the thumbnail check.
     grace = next(file for file in installed if file.name == "grace_hopper.jpg")
     renamed = _record(
         builder, "pkg/portrait", seed=0, path="usr/share/backgrounds/portrait.jpg", data=grace.read_bytes()
     )
-    assert "sha256" in builder.reserved_reason(renamed)
+    assert "sha256" in tools.reserved_reason(renamed)
     buffer = io.BytesIO()
     PIL.Image.open(grace).convert("RGB").resize((256, 300)).save(buffer, format="PNG")
     reencoded = _record(builder, "pkg/portrait", seed=0, data=buffer.getvalue())
-    assert "looks like" in builder.reserved_reason(reencoded)
-    with pytest.raises(builder.ReservedImageError):
-        builder.check_not_reserved([reencoded])
+    assert "looks like" in tools.reserved_reason(reencoded)
+    with pytest.raises(tools.ReservedImageError):
+        tools.check_not_reserved([reencoded])
 
 
 def test_dep5_license_lookup(builder) -> None:
@@ -168,10 +176,10 @@ def test_dep5_license_lookup(builder) -> None:
         "Files: nature/Aqua.jpg\n       nature/LadyBird.jpg\nCopyright: 2008, A\n           2009, B\n"
         "License: CC-BY-SA-4.0\n Long text.\n"
     )
-    assert builder.dep5_license(text, "nature/LadyBird.jpg") == ("CC-BY-SA-4.0", "2008, A; 2009, B")
-    assert builder.dep5_license(text, "*") == ("GPL-2+", "2014 Group")
+    assert tools.dep5_license(text, "nature/LadyBird.jpg") == ("CC-BY-SA-4.0", "2008, A; 2009, B")
+    assert tools.dep5_license(text, "*") == ("GPL-2+", "2014 Group")
     with pytest.raises(KeyError):
-        builder.dep5_license(text, "nature/Storm.jpg")
+        tools.dep5_license(text, "nature/Storm.jpg")
 
 
 def test_eet_entry_reader(builder) -> None:
@@ -185,11 +193,11 @@ def test_eet_entry_reader(builder) -> None:
         offset += len(payload)
         name_offset += len(name)
     blob = struct.pack(">III", 0x1EE70F42, len(names), 0) + table + b"".join(payloads) + b"".join(names)
-    assert builder.read_eet_entry(blob, "edje/images/0") == b"\xff\xd8\xffJPEG"
+    assert tools.read_eet_entry(blob, "edje/images/0") == b"\xff\xd8\xffJPEG"
     with pytest.raises(ValueError, match="compressed"):
-        builder.read_eet_entry(blob, "edje/file")
+        tools.read_eet_entry(blob, "edje/file")
     with pytest.raises(KeyError):
-        builder.read_eet_entry(blob, "edje/images/1")
+        tools.read_eet_entry(blob, "edje/images/1")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -198,7 +206,7 @@ def test_eet_entry_reader(builder) -> None:
 
 
 def test_photos_without_a_built_corpus_raises_a_clear_error(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv(data.PHOTO_CORPUS_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(photo_corpus.PHOTO_CORPUS_ENV, str(tmp_path / "nowhere"))
     for load in (lambda: load_builtin_dataset("photos"), lambda: load_image_dataset("photos")):
         with pytest.raises(PhotoCorpusNotFoundError) as error:
             load()
@@ -211,19 +219,19 @@ def test_photos_without_a_built_corpus_raises_a_clear_error(tmp_path, monkeypatc
 def test_photos_uses_the_built_corpus(tmp_path, monkeypatch, builder, records) -> None:
     folder = tmp_path / "corpus"
     builder.build_dataset_dict(records, TEST_SOURCES, short_side=16).save_to_disk(str(folder))
-    monkeypatch.setenv(data.PHOTO_CORPUS_ENV, str(folder))
+    monkeypatch.setenv(photo_corpus.PHOTO_CORPUS_ENV, str(folder))
     corpus = load_builtin_dataset("photos")
     assert set(corpus["test"]["source"]) == TEST_SOURCES and len(corpus["train"]) == 8
     assert {"image", "source", "package", "license"} <= set(corpus["train"].column_names)
     # Without the variable: data/photo-corpus under the current directory, then under the repository root.
-    monkeypatch.delenv(data.PHOTO_CORPUS_ENV)
-    monkeypatch.setattr(data, "_REPO_ROOT", tmp_path / "repo")
+    monkeypatch.delenv(photo_corpus.PHOTO_CORPUS_ENV)
+    monkeypatch.setattr(photo_corpus, "_REPO_ROOT", tmp_path / "repo")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PhotoCorpusNotFoundError):
         load_photo_corpus()
     (tmp_path / "data").mkdir()
     folder.rename(tmp_path / "data" / "photo-corpus")
-    assert data.find_photo_corpus() == (tmp_path / "data" / "photo-corpus").resolve()
+    assert photo_corpus.find_photo_corpus() == (tmp_path / "data" / "photo-corpus").resolve()
     assert len(load_photo_corpus()["test"]) == 2
 
 
