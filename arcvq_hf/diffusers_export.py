@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import VQModel
+
+from .extras import missing_extra
+
+try:
+    from diffusers import VQModel
+except ImportError as err:
+    raise missing_extra("diffusers", "diffusers") from err
 
 from .backbones_arcvq import vqgan_block_types
 from .io_utils import atomic_output_dir

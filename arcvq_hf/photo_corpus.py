@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
+
+from .extras import missing_extra
+
+try:
+    from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
+except ImportError as err:
+    raise missing_extra("datasets", "data") from err
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import get_worker_info
 

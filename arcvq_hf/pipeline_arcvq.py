@@ -3,7 +3,7 @@
     from transformers import pipeline
     import arcvq_hf  # registers the task
 
-    tokenizer = pipeline("image-tokenization", model="checkpoints/arcvq-vae-photos")
+    tokenizer = pipeline("image-tokenization", model="checkpoints/arcvq-vae-photos", trust_remote_code=False)
     result = tokenizer("photo.png")  # or a PIL image, or a list of either
     result["image_tokens"]    # LongTensor (h, w), h = H / f
     result["reconstruction"]  # PIL image of the decoded tokens (size of the processed input)

@@ -13,7 +13,13 @@ from typing import Any
 
 import PIL.Image
 import torch
-from datasets import Dataset
+
+from .extras import missing_extra
+
+try:
+    from datasets import Dataset
+except ImportError as err:
+    raise missing_extra("datasets", "train") from err
 from transformers import PreTrainedModel
 
 from .prior import ImageTokenVocabulary, raster_order

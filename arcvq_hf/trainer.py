@@ -5,6 +5,9 @@
 - `ArcVQTrainer` logs the SAMP terms during training, and its `evaluate()` reports every `arcvq_hf.metrics` metric
   over the whole evaluation set: each process runs the one evaluation loop of `arcvq_hf.metrics`
   (`accumulate_reconstruction`) over a disjoint shard, and the sums are added up with `accelerator.reduce`.
+  `perceptual_metrics=True` adds LPIPS and rFID (their weights: `python -m arcvq_hf.perceptual fetch`).
+- `whole_set_metrics` and `evaluation_report` are that evaluation and its `eval_`-prefixed record outside a
+  Trainer (`python -m arcvq_hf.evaluate` re-evaluates a saved folder with them).
 
 The VQGAN recipe (`ArcVQGANTrainer`) is in `arcvq_hf.gan`; the data glue in `arcvq_hf.transforms`.
 """
@@ -13,17 +16,24 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_utils import unwrap_model
 from transformers.trainer_utils import speed_metrics
 
-from .metrics import accumulate_reconstruction, codebook_geometry
+from .extras import missing_extra
+from .metrics import evaluate_reconstruction, require_perceptual_weights
+
+try:
+    from datasets import Dataset
+except ImportError as err:
+    raise missing_extra("datasets", "train") from err
+
 from .transforms import collate_pixel_values
 
 
@@ -81,6 +91,48 @@ class RunningMeans:
         return means
 
 
+def whole_set_metrics(
+    model: nn.Module,
+    pixel_batches: Any,
+    processor: Any | None = None,
+    perceptual: bool = False,
+    sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """What `ArcVQTrainer.evaluate` reports (no prefix): every `arcvq_hf.metrics` metric with the model's losses
+    (`evaluate_reconstruction`), plus the schedule state (ball_radius, arc_weight, schedule_step).
+
+    Args:
+        model: an `ArcVQModel` (unwrapped).
+        pixel_batches: this process's batches ((B, C, H, W) model-space tensors or dicts with `pixel_values`).
+        processor: the `ArcVQImageProcessor` (its `to_unit_range`), or None for the default [-1, 1] mapping.
+        perceptual: add lpips, lpips_resize, rfid, rfid_num_images.
+        sum_over_processes: sums the packed accumulators over processes that each saw a disjoint shard; None when
+            one process saw the whole set.
+    """
+    metrics = evaluate_reconstruction(
+        model, pixel_batches, processor, with_losses=True, perceptual=perceptual, sum_over_processes=sum_over_processes
+    )
+    metrics["ball_radius"] = model.quantizer.ball_radius
+    metrics["arc_weight"] = model.quantizer.current_arc_weight
+    metrics["schedule_step"] = model.training_step
+    return metrics
+
+
+def evaluation_report(
+    metrics: dict[str, float], prefix: str, start_time: float, num_samples: int, batch_size: int
+) -> dict[str, float]:
+    """`metrics` under `{prefix}_` names plus Trainer's speed metrics (`{prefix}_runtime`, `_samples_per_second`,
+    `_steps_per_second`), as `ArcVQTrainer.evaluate` returns them.
+
+    Args:
+        batch_size: images per evaluation step over all processes (per-device batch x processes).
+    """
+    report = {f"{prefix}_{name}": value for name, value in metrics.items()}
+    steps = math.ceil(num_samples / batch_size)
+    report.update(speed_metrics(prefix, start_time, num_samples=num_samples, num_steps=steps))
+    return report
+
+
 class ArcVQTrainer(Trainer):
     """`Trainer` for `ArcVQModel`.
 
@@ -92,9 +144,15 @@ class ArcVQTrainer(Trainer):
       duplicates), sums the metric accumulators over processes, and reports every `arcvq_hf.metrics` metric with
       the `eval_` prefix. Pass the `ArcVQImageProcessor` as `processing_class` so pixels are mapped to [0, 1]
       exactly as it would; without it the default [-1, 1] mapping of the image processor is used.
+    - `perceptual_metrics=True` adds LPIPS-alex and rFID over the evaluation set (`eval_lpips`, `eval_lpips_resize`,
+      `eval_rfid`, `eval_rfid_num_images`); the constructor then loads their weights, so that missing weights stop
+      the run before training (PerceptualWeightsMissingError names `python -m arcvq_hf.perceptual fetch`).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, perceptual_metrics: bool = False, **kwargs: Any) -> None:
+        if perceptual_metrics:
+            require_perceptual_weights()
+        self.perceptual_metrics = perceptual_metrics
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if not any(isinstance(cb, ArcVQScheduleCallback) for cb in callbacks):
             callbacks.append(ArcVQScheduleCallback())
@@ -171,18 +229,16 @@ class ArcVQTrainer(Trainer):
         return self.accelerator.reduce(packed.to(self.accelerator.device), reduction="sum")
 
     def compute_evaluation_metrics(self, dataset: Dataset) -> dict[str, float]:
-        """Every `arcvq_hf.metrics` metric over the whole `dataset` (no prefix), identical on every process, plus
-        the schedule state (ball_radius, arc_weight, schedule_step)."""
-        model = unwrap_model(self.model)
-        processor = self.processing_class
-        to_unit = processor.to_unit_range if hasattr(processor, "to_unit_range") else None
-        accumulator = accumulate_reconstruction(model, self.evaluation_shard(dataset), to_unit, with_losses=True)
-        metrics = accumulator.all_reduce_(self._sum_over_processes).compute()
-        metrics.update(codebook_geometry(model))
-        metrics["ball_radius"] = model.quantizer.ball_radius
-        metrics["arc_weight"] = model.quantizer.current_arc_weight
-        metrics["schedule_step"] = model.training_step
-        return metrics
+        """`whole_set_metrics` over the whole `dataset` (no prefix), identical on every process: each process
+        evaluates its shard and the accumulators are summed with `accelerator.reduce`."""
+        processor = self.processing_class if hasattr(self.processing_class, "to_unit_range") else None
+        return whole_set_metrics(
+            unwrap_model(self.model),
+            self.evaluation_shard(dataset),
+            processor,
+            perceptual=self.perceptual_metrics,
+            sum_over_processes=self._sum_over_processes,
+        )
 
     def evaluate(
         self,
@@ -202,19 +258,12 @@ class ArcVQTrainer(Trainer):
         if isinstance(dataset, str):
             dataset = self.eval_dataset[dataset]
         start_time = time.time()
+        batch_size = self.args.per_device_eval_batch_size * self.args.world_size
         raw = self.compute_evaluation_metrics(dataset)
-        metrics = {f"{metric_key_prefix}_{name}": value for name, value in raw.items()}
-        metrics.update(
-            speed_metrics(
-                metric_key_prefix,
-                start_time,
-                num_samples=len(dataset),
-                num_steps=math.ceil(len(dataset) / (self.args.per_device_eval_batch_size * self.args.world_size)),
-            )
-        )
+        metrics = evaluation_report(raw, metric_key_prefix, start_time, len(dataset), batch_size)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
 
-__all__ = ["ArcVQScheduleCallback", "ArcVQTrainer", "RunningMeans"]
+__all__ = ["ArcVQScheduleCallback", "ArcVQTrainer", "RunningMeans", "evaluation_report", "whole_set_metrics"]

@@ -18,8 +18,14 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from datasets import Dataset
-from datasets import Image as ImageFeature
+
+from .extras import missing_extra
+
+try:
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+except ImportError as err:
+    raise missing_extra("datasets", "train") from err
 
 from .image_processing_arcvq import ArcVQImageProcessor, image_num_channels
 

@@ -26,7 +26,7 @@ def photo(seed: int = 0, size: tuple[int, int] = (40, 32)) -> PIL.Image.Image:
 
 
 def test_tokens_and_reconstruction_equal_the_model_by_hand(folder, tmp_path):
-    tokenizer = pipeline("image-tokenization", model=str(folder))
+    tokenizer = pipeline("image-tokenization", model=str(folder), trust_remote_code=False)
     assert isinstance(tokenizer, ImageTokenizationPipeline)
     model = ArcVQModel.from_pretrained(folder).eval()
     processor = ArcVQImageProcessor.from_pretrained(folder)
@@ -44,7 +44,7 @@ def test_tokens_and_reconstruction_equal_the_model_by_hand(folder, tmp_path):
 
 
 def test_a_list_gives_one_result_per_image_and_options_pass_through(folder):
-    tokenizer = pipeline("image-tokenization", model=str(folder))
+    tokenizer = pipeline("image-tokenization", model=str(folder), trust_remote_code=False)
     results = tokenizer([photo(1), photo(2, (64, 64))], return_reconstruction=False)
     assert [tuple(r["image_tokens"].shape) for r in results] == [(8, 10), (16, 16)]
     assert all("reconstruction" not in r for r in results)
