@@ -58,6 +58,28 @@ def require_existing_folder(path: str | os.PathLike, what: str) -> str:
     return text
 
 
+def require_readable_safetensors(folder: str | os.PathLike) -> None:
+    """Raise a clear OSError, naming the file, for a truncated, empty or corrupt `.safetensors` file in a local
+    `folder` (only the header is read). Without it, loading fails deep inside transformers with safetensors' bare
+    "Error while deserializing header" and no file name."""
+    if not os.path.isdir(folder):
+        return
+    from safetensors import SafetensorError, safe_open
+
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not name.endswith(".safetensors") or not os.path.isfile(path):
+            continue
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError as err:
+            raise OSError(
+                f"{path} ({os.path.getsize(path)} bytes) is not a readable safetensors file: truncated, empty or "
+                f"corrupt (safetensors said: {err}). Download or save it again."
+            ) from err
+
+
 class ArcVQConfig(PretrainedConfig):
     r"""
     Configuration for [`ArcVQModel`]. Defaults are the paper's small VQ-VAE with the full SAMP prior.
@@ -96,8 +118,10 @@ class ArcVQConfig(PretrainedConfig):
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> tuple[dict, dict]:
-        """`PretrainedConfig.get_config_dict`, with a clear error for a local folder that does not exist."""
+        """`PretrainedConfig.get_config_dict`, with clear errors for a local folder that does not exist or holds an
+        unreadable weights file (checked here because the config is read first)."""
         require_existing_folder(pretrained_model_name_or_path, "model location")
+        require_readable_safetensors(pretrained_model_name_or_path)
         return super().get_config_dict(pretrained_model_name_or_path, **kwargs)
 
     def __init__(
@@ -320,4 +344,11 @@ VQGAN_VARIANT: dict[str, Any] = {
     "reconstruction_loss": "l1",
 }
 
-__all__ = ["ArcVQConfig", "PRESETS", "VQGAN_VARIANT", "looks_like_local_path", "require_existing_folder"]
+__all__ = [
+    "ArcVQConfig",
+    "PRESETS",
+    "VQGAN_VARIANT",
+    "looks_like_local_path",
+    "require_existing_folder",
+    "require_readable_safetensors",
+]

@@ -16,6 +16,47 @@ from .image_processing_arcvq import ArcVQImageProcessor
 from .io_utils import atomic_output_dir
 from .modeling_arcvq import ArcVQModel
 
+# What torch.load says when weights_only=True refuses a pickled object, rather than failing to parse the file
+# (both come as "Weights only load failed"; a parse failure says e.g. "Unsupported operand").
+_WEIGHTS_ONLY_REFUSAL = "Unsupported global"
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(
+            f"{path} ({path.stat().st_size} bytes) is not a readable safetensors file: truncated, corrupt or not "
+            f"safetensors at all (safetensors said: {err})."
+        ) from err
+
+
+def _read_torch_file(path: Path) -> object:
+    """torch.load(weights_only=True), telling a refused pickle (possible code) from a file that is not a checkpoint."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if _WEIGHTS_ONLY_REFUSAL not in str(err):
+            raise _unreadable_torch_file(path, err) from err
+        raise ValueError(
+            f"Refusing to load {path}: it holds pickled objects other than tensors and plain containers, which "
+            "could run arbitrary code. Only weights_only=True loading is allowed; re-save just the state dict "
+            f"(torch.save(model.state_dict(), ...)) where you trust the file. torch said: {err}"
+        ) from err
+    except (EOFError, KeyError, OSError, RuntimeError, ValueError) as err:
+        # Truncated zip archives, text files and other non-checkpoints fail in the parser with these.
+        raise _unreadable_torch_file(path, err) from err
+
+
+def _unreadable_torch_file(path: Path, err: Exception) -> ValueError:
+    return ValueError(
+        f"{path} ({path.stat().st_size} bytes) is not a readable torch checkpoint: truncated, corrupt or not a "
+        f"torch.save file ({type(err).__name__}: {err})."
+    )
+
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a flat name -> tensor dict from `.safetensors` or a torch file, never running pickled code.
@@ -27,19 +68,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        loaded: object = load_file(str(path))
-    else:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise ValueError(
-                f"Refusing to load {path}: it holds pickled objects other than tensors and plain containers, which "
-                "could run arbitrary code. Only weights_only=True loading is allowed; re-save just the state dict "
-                f"(torch.save(model.state_dict(), ...)) where you trust the file. torch said: {err}"
-            ) from err
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); the download or save did not complete.")
+    loaded = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch_file(path)
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping):

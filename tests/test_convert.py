@@ -462,6 +462,24 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_unreadable_checkpoint_files_are_named_without_a_traceback(tmp_path, capsys, suffix, damage):
+    good = tmp_path / f"good{suffix}"
+    sd = authors_vqvae_state_dict()
+    save_file(sd, str(good)) if suffix == ".safetensors" else torch.save(sd, good)
+    payload = good.read_bytes()
+    bad = tmp_path / f"{damage}{suffix}"
+    bad.write_bytes({"truncated": payload[: len(payload) // 2], "empty": b"", "text": b"hello, not weights"}[damage])
+    with pytest.raises(SystemExit) as exit_info:
+        vqvae_main([str(bad), str(tmp_path / "out")])
+    message = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in message and bad.name in message
+    expected = "is empty" if damage == "empty" else "is not a readable"
+    assert expected in message and "arbitrary code" not in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_pickled_payload_is_refused_and_does_not_run(tmp_path):
     marker = tmp_path / "payload_ran"
     live = pickle.dumps(_Payload(str(tmp_path / "live_check")))

@@ -204,6 +204,16 @@ def test_weights_missing_a_tensor_are_refused_not_randomly_initialised(model, tm
         ArcVQModel.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_an_unreadable_weights_file_is_named(model, tmp_path, damage):
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    payload = weights.read_bytes()
+    weights.write_bytes({"truncated": payload[: len(payload) // 2], "empty": b"", "text": b"not weights"}[damage])
+    with pytest.raises(OSError, match=r"model\.safetensors \(\d+ bytes\) is not a readable safetensors file"):
+        ArcVQModel.from_pretrained(tmp_path)
+
+
 def test_a_pickle_in_pytorch_model_bin_never_runs(model, tmp_path):
     """transformers reads .bin files with torch.load(weights_only=True): a payload is refused, not executed."""
     model.config.save_pretrained(tmp_path)
