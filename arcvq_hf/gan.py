@@ -1,5 +1,8 @@
-"""The VQGAN recipe: perceptual loss from user-supplied weights, PatchGAN discriminator, adaptive GAN weight, and
+"""The VQGAN recipe: LPIPS-VGG perceptual loss (as taming's), PatchGAN discriminator, adaptive GAN weight, and
 `ArcVQGANTrainer`, which trains the discriminator beside the model.
+
+The perceptual loss is `arcvq_hf.perceptual`'s LPIPS v0.1 with the VGG16 backbone, the same network and weights as
+the LPIPS metric (installed once with `python -m arcvq_hf.perceptual fetch`; nothing downloads at run time).
 
 `GANSettings` is the recipe's one declaration of its knobs: `HfArgumentParser` parses it directly
 (`examples/train_arcvq.py` lists it beside its own argument classes), and `ArcVQGANTrainer` takes it.
@@ -19,72 +22,29 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.modeling_utils import unwrap_model
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
 
-from .image_processing_arcvq import to_unit_range
+from .metrics import LPIPS, PerceptualWeightsMissingError
 from .trainer import ArcVQTrainer
 
-# VGG16's convolutional trunk (torchvision's `features` layout); the perceptual loss taps the ReLU outputs that
-# LPIPS uses (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
-VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-VGG16_TAPS = (3, 8, 15, 22, 29)
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+# The perceptual loss of taming's VQGAN (LPIPS v0.1 with the VGG16 backbone) and its weight there.
+PERCEPTUAL_NET = "vgg"
+TAMING_PERCEPTUAL_WEIGHT = 1.0
 
 
-class VGGPerceptualLoss(nn.Module):
-    """Frozen VGG16 feature distance: sum over 5 taps of the spatial mean of the squared difference of
-    channel-normalised features (LPIPS without its learned channel weights).
+def load_perceptual_loss(device: torch.device | str | None = None) -> LPIPS:
+    """A fresh LPIPS-VGG module for the generator loss (its own copy: the shared `load_lpips` modules must not be
+    moved or modified by a trainer).
 
-    Weights come only from a local safetensors file holding VGG16's convolutional trunk under torchvision's keys
-    (`features.0.weight`, ..., `features.28.bias`; the `features.` prefix is optional, other keys are ignored).
-    Nothing is downloaded.
+    Raises:
+        PerceptualWeightsMissingError: the weights are not installed; the message names the fetch command and the
+            way to train without the perceptual loss.
     """
-
-    def __init__(self, weights_path: str) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        in_channels = 3
-        for item in VGG16_LAYOUT:
-            if item == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [nn.Conv2d(in_channels, int(item), kernel_size=3, padding=1), nn.ReLU(inplace=False)]
-                in_channels = int(item)
-        self.features = nn.Sequential(*layers)
-        state = load_file(weights_path)
-        trunk = {key.removeprefix("features."): value for key, value in state.items()}
-        expected = self.features.state_dict().keys()
-        missing = [key for key in expected if key not in trunk]
-        if missing:
-            raise ValueError(f"{weights_path} lacks VGG16 trunk weights {missing[:4]}... (torchvision `features.*`).")
-        self.features.load_state_dict({key: trunk[key] for key in expected})
-        self.features.requires_grad_(False).eval()
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def train(self, mode: bool = True) -> VGGPerceptualLoss:
-        # The feature network always runs in eval mode.
-        return super().train(False)
-
-    def _taps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        # Unclipped: clipping the reconstruction to [0, 1] would stop its gradient outside that range.
-        hidden = (to_unit_range(pixels, clip=False) - self.mean) / self.std
-        taps = []
-        for index, layer in enumerate(self.features):
-            hidden = layer(hidden)
-            if index in VGG16_TAPS:
-                taps.append(hidden / (hidden.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10))
-            if index == VGG16_TAPS[-1]:
-                break
-        return taps
-
-    def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """reconstruction, target: (B, C, H, W) in [-1, 1], C in {1, 3} -> scalar."""
-        if reconstruction.shape[1] == 1:
-            reconstruction, target = reconstruction.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
-        loss = reconstruction.new_zeros(())
-        for a, b in zip(self._taps(reconstruction), self._taps(target), strict=True):
-            loss = loss + (a - b).pow(2).sum(dim=1).mean()
-        return loss
+    try:
+        return LPIPS.from_pretrained(PERCEPTUAL_NET, device=device)
+    except PerceptualWeightsMissingError as error:
+        raise PerceptualWeightsMissingError(
+            f"{error}\nThe VQGAN recipe's perceptual loss is LPIPS-VGG (perceptual_weight > 0). To train without it, "
+            "pass perceptual_weight=0 (--perceptual_weight 0)."
+        ) from error
 
 
 class PatchDiscriminator(nn.Module):
@@ -161,9 +121,12 @@ class GANSettings:
     disc_learning_rate: float | None = field(default=None, metadata={"help": "Default: the Trainer's rate."})
     disc_num_layers: int = field(default=3, metadata={"help": "PatchGAN depth."})
     disc_base_channels: int = field(default=64, metadata={"help": "PatchGAN base width."})
-    perceptual_weight: float = field(default=1.0, metadata={"help": "Weight of the perceptual loss."})
-    perceptual_weights: str | None = field(
-        default=None, metadata={"help": "Local safetensors of VGG16's trunk (torchvision keys); unset = no perceptual."}
+    perceptual_weight: float = field(
+        default=TAMING_PERCEPTUAL_WEIGHT,
+        metadata={
+            "help": "Weight of the LPIPS-VGG perceptual loss (taming's 1.0); its weights come from "
+            "`python -m arcvq_hf.perceptual fetch`. 0 trains without it."
+        },
     )
 
 
@@ -182,8 +145,10 @@ class DiscriminatorCheckpointCallback(TrainerCallback):
 
 class ArcVQGANTrainer(ArcVQTrainer):
     """VQGAN recipe on top of `ArcVQTrainer`: the model's loss (L1 + VQ + gamma_t * arc for the vqgan variant)
-    + perceptual_weight * VGG perceptual loss (when `perceptual_weights` is given) + adaptive_weight * disc_weight
-    * (-mean D(reconstruction)) from `disc_start` on. The PatchGAN discriminator has its own Adam optimizer (the
+    + perceptual_weight * mean LPIPS-VGG(reconstruction, image) (on by default; raises
+    PerceptualWeightsMissingError naming the fetch command when its weights are absent and perceptual_weight > 0)
+    + adaptive_weight * disc_weight * (-mean D(reconstruction)) from `disc_start` on. As in taming, the adaptive
+    weight balances the GAN term against L1 + perceptual. The PatchGAN discriminator has its own Adam optimizer (the
     Trainer's betas, `disc_learning_rate` or the Trainer's rate) and takes one hinge-loss step after each micro-batch
     from `disc_start` on; in distributed runs its gradients are averaged over processes. Its weights and optimizer
     state are saved in every Trainer checkpoint (`DiscriminatorCheckpointCallback`) and restored by
@@ -194,8 +159,11 @@ class ArcVQGANTrainer(ArcVQTrainer):
     DISCRIMINATOR_OPTIMIZER_FILE = "discriminator_optimizer.pt"
 
     def __init__(self, *args: Any, gan_settings: GANSettings | None = None, **kwargs: Any) -> None:
+        gan_settings = gan_settings or GANSettings()
+        # Loaded before Trainer's constructor (which creates output_dir): missing weights stop the run at once.
+        perceptual_loss = load_perceptual_loss() if gan_settings.perceptual_weight > 0 else None
         super().__init__(*args, **kwargs)
-        self.gan_settings = gan_settings or GANSettings()
+        self.gan_settings = gan_settings
         config = unwrap_model(self.model).config
         self.discriminator = PatchDiscriminator(
             config.num_channels, self.gan_settings.disc_base_channels, self.gan_settings.disc_num_layers
@@ -205,9 +173,7 @@ class ArcVQGANTrainer(ArcVQTrainer):
             lr=self.gan_settings.disc_learning_rate or self.args.learning_rate,
             betas=(self.args.adam_beta1, self.args.adam_beta2),
         )
-        self.perceptual_loss = None
-        if self.gan_settings.perceptual_weights:
-            self.perceptual_loss = VGGPerceptualLoss(self.gan_settings.perceptual_weights).to(self.args.device)
+        self.perceptual_loss = perceptual_loss.to(self.args.device) if perceptual_loss is not None else None
         self._gan_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.add_callback(DiscriminatorCheckpointCallback(self))
 
@@ -221,8 +187,10 @@ class ArcVQGANTrainer(ArcVQTrainer):
         reconstruction = outputs.reconstruction
         loss = outputs.loss
         pixel_loss = outputs.reconstruction_loss
-        if self.perceptual_loss is not None and self.gan_settings.perceptual_weight > 0:
-            perceptual = self.perceptual_loss(reconstruction, pixel_values)
+        if self.perceptual_loss is not None:
+            # Model space is LPIPS's [-1, 1] (the processor's default mapping); the reconstruction is not clamped,
+            # so its gradient survives outside that range.
+            perceptual = self.perceptual_loss(reconstruction, pixel_values).mean()
             self.train_means.add("perceptual_loss", perceptual.detach())
             pixel_loss = pixel_loss + self.gan_settings.perceptual_weight * perceptual
             loss = loss + self.gan_settings.perceptual_weight * perceptual
@@ -291,13 +259,14 @@ class ArcVQGANTrainer(ArcVQTrainer):
 
 
 __all__ = [
-    "VGG16_LAYOUT",
+    "PERCEPTUAL_NET",
+    "TAMING_PERCEPTUAL_WEIGHT",
     "ArcVQGANTrainer",
     "DiscriminatorCheckpointCallback",
     "GANSettings",
     "PatchDiscriminator",
-    "VGGPerceptualLoss",
     "adaptive_gan_weight",
     "decoder_last_layer",
     "hinge_discriminator_loss",
+    "load_perceptual_loss",
 ]

@@ -47,13 +47,16 @@ METRIC_ROWS = (
     ("psnr", "PSNR (dB, per image, [0, 1])"),
     ("ssim", "SSIM (11x11 Gaussian, sigma 1.5)"),
     ("l1", "L1 error ([0, 1])"),
+    ("lpips", "LPIPS (v0.1, AlexNet, per image)"),
+    ("rfid", "rFID (Inception V3; eval images vs their reconstructions)"),
+    ("rfid_num_images", "images per rFID (each side)"),
     ("angular_dispersion", "angular dispersion (deg, mean nearest-code angle)"),
     ("code_norm_mean", "mean code norm"),
     ("code_norm_fraction_on_bound", "fraction of codes on the ball bound"),
     ("reconstruction_loss", "reconstruction loss"),
     ("num_images", "evaluation images"),
 )
-MODEL_INDEX_METRICS = ("codebook_utilization", "perplexity", "psnr", "ssim")
+MODEL_INDEX_METRICS = ("codebook_utilization", "perplexity", "psnr", "ssim", "lpips", "rfid")
 # Where ArcVQModel's weights keep the optimizer step that drives its schedules.
 STEP_KEY = "quantizer.step"
 
@@ -169,6 +172,38 @@ def _other_sections(previous_card: str, generated: Sequence[str]) -> str:
     return "\n\n".join(kept)
 
 
+def _metric_name(metric: str, values: dict[str, Any]) -> str:
+    """The model-index name of `metric`: LPIPS says its input size, rFID its number of images (values computed
+    otherwise do not compare)."""
+    if metric == "lpips":
+        size = values.get("lpips_resize")
+        return f"LPIPS-alex ({f'upsampled to {size} px' if size else 'native resolution'})"
+    if metric == "rfid" and "rfid_num_images" in values:
+        return f"rFID ({values['rfid_num_images']} images)"
+    return metric
+
+
+def perceptual_note(values: dict[str, Any]) -> str:
+    """The card's paragraph on how LPIPS and rFID were measured ('' when `values` (unprefixed) has neither)."""
+    sentences = []
+    if "lpips" in values:
+        size = values.get("lpips_resize")
+        at = f"after bilinear upsampling to {size}x{size} px (AlexNet needs >= 31 px)" if size else "at native size"
+        sentences.append(
+            f"LPIPS is LPIPS v0.1 with the AlexNet backbone, a per-image mean on the same [0, 1] outputs, {at}."
+        )
+    if "rfid" in values:
+        count = values.get("rfid_num_images", "the")
+        sentences.append(
+            f"rFID is the Fréchet distance between the Inception V3 pool features (the TF FID network, 8-bit "
+            f"quantised, resized to 299 px) of the {count} evaluation images and of their reconstructions. rFID from "
+            "so few images is biased upward: compare only values measured on the same number of images."
+        )
+    if not sentences:
+        return ""
+    return "\n" + " ".join(sentences) + " Weights: `python -m arcvq_hf.perceptual fetch`.\n"
+
+
 def model_card_text(name: str, config: Any, training_step: int, metrics: dict[str, Any], run: TrainingRun) -> str:
     """The README.md of a model folder (front matter + Markdown), from measured `metrics` (with or without the
     `eval_` prefix)."""
@@ -184,7 +219,7 @@ def model_card_text(name: str, config: Any, training_step: int, metrics: dict[st
             dataset_name=run.dataset,
             dataset_split=run.eval_split,
             metric_type=metric,
-            metric_name=metric,
+            metric_name=_metric_name(metric, values),
             metric_value=float(values[metric]),
         )
         for metric in MODEL_INDEX_METRICS
@@ -230,7 +265,7 @@ PSNR / SSIM / L1 are per-image means on outputs clamped to [0, 1] (data range 1)
 window with sigma 1.5 and population covariance (skimage's `structural_similarity(gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False, data_range=1)`). Codebook utilization and perplexity count every token of
 the evaluation split. All definitions: `arcvq_hf/metrics.py` in the arcvq-hf repository.
-
+{perceptual_note(values)}
 ## Usage
 
 The model code travels with the weights, so `trust_remote_code=True` loads it without installing arcvq-hf:

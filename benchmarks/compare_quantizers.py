@@ -14,6 +14,11 @@ finished over several sittings. `benchmarks/RESULTS.md` and the PNG plots are re
     python benchmarks/compare_quantizers.py --datasets mnist-5k --presets arcvq --seeds 0 --steps 400 \\
         --override arc_weight=4 --eval-every 100                  # one sweep point (recorded in the sweep table)
     python benchmarks/compare_quantizers.py --report-only         # rebuild RESULTS.md and plots from the files
+
+`--perceptual` (on by default when the weights of `python -m arcvq_hf.perceptual fetch` are installed) adds LPIPS
+and rFID to each run's final evaluation (`arcvq_hf.metrics`, the same loop: LPIPS-alex per test image upsampled to
+64 px, rFID between all test images and their reconstructions). On CPU rFID costs about 0.5 s per image and side.
+Result files written before these metrics show "n/a" in their columns.
 """
 
 from __future__ import annotations
@@ -36,12 +41,11 @@ from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.data import load_builtin_dataset, mnist_arrays
 from arcvq_hf.image_processing_arcvq import to_unit_range
 from arcvq_hf.io_utils import atomic_write, atomic_write_json, atomic_write_text
-from arcvq_hf.metrics import evaluate_reconstruction
+from arcvq_hf.metrics import evaluate_reconstruction, perceptual_weights_available, require_perceptual_weights
 from arcvq_hf.transforms import pixel_variance
 
 BENCHMARK_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARK_DIR / "results"
-PLOTS_DIR = BENCHMARK_DIR / "plots"
 PRESET_ORDER = ("vq-baseline", "cosine-only", "no-ball", "no-arc", "arcvq")
 DATASETS = ("mnist-5k", "photos")
 # The SAMP knobs a sweep may override (SPEC.md §1): alpha, lambda, gamma0, s, m, top_k.
@@ -118,14 +122,21 @@ def is_default_run(record: dict[str, Any]) -> bool:
     return effective_settings(record["settings"]) == effective_settings(default_settings(record["preset"]))
 
 
-def _evaluate(model: ArcVQModel, test: torch.Tensor) -> dict[str, float]:
-    return evaluate_reconstruction(model, list(test.split(EVAL_BATCH)))
+def _evaluate(model: ArcVQModel, test: torch.Tensor, perceptual: bool = False) -> dict[str, float]:
+    return evaluate_reconstruction(model, list(test.split(EVAL_BATCH)), perceptual=perceptual)
 
 
 def train_and_evaluate(
-    dataset: str, preset: str, seed: int, steps: int, overrides: dict[str, Any], eval_every: int
+    dataset: str,
+    preset: str,
+    seed: int,
+    steps: int,
+    overrides: dict[str, Any],
+    eval_every: int,
+    perceptual: bool = False,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Train one preset with the protocol's plain loop and evaluate it on the test split.
+    """Train one preset with the protocol's plain loop and evaluate it on the test split (the final evaluation with
+    LPIPS and rFID when `perceptual`; the utilization curve's evaluations never, they are only for the curve).
 
     Returns (record for the JSON file, arrays for the .npz: test originals and reconstructions of the grid).
     """
@@ -170,7 +181,7 @@ def train_and_evaluate(
             model.train()
             curve.append({"step": done, **{k: metrics[k] for k in ("codebook_utilization", "perplexity", "psnr")}})
             print(f"[{dataset} {preset} seed {seed}] step {done}: {_short(metrics)}", flush=True)
-    final = _evaluate(model, test)
+    final = _evaluate(model, test, perceptual)
     codebook = model.codebook.detach().double()
     record = {
         "dataset": dataset,
@@ -208,7 +219,9 @@ def _maybe(value: torch.Tensor | None) -> float | None:
 
 def _short(metrics: dict[str, float]) -> str:
     return ", ".join(
-        f"{key} {metrics[key]:.4g}" for key in ("codebook_utilization", "perplexity", "psnr", "ssim") if key in metrics
+        f"{key} {metrics[key]:.4g}"
+        for key in ("codebook_utilization", "perplexity", "psnr", "ssim", "lpips", "rfid")
+        if key in metrics
     )
 
 
@@ -230,7 +243,9 @@ def run_single(args: argparse.Namespace) -> None:
     overrides = parse_overrides(args.override)
     dataset, preset, seed = args.datasets[0], args.presets[0], args.seeds[0]
     name = run_name(dataset, preset, seed, args.steps, overrides)
-    record, arrays = train_and_evaluate(dataset, preset, seed, args.steps, overrides, args.eval_every)
+    record, arrays = train_and_evaluate(
+        dataset, preset, seed, args.steps, overrides, args.eval_every, perceptual=args.perceptual
+    )
     record["name"] = name
     atomic_write(args.results_dir / f"{name}.npz", lambda path: np.savez_compressed(open(path, "wb"), **arrays))
     atomic_write_json(args.results_dir / f"{name}.json", record, indent=1)
@@ -257,19 +272,47 @@ def default_settings(preset: str) -> dict[str, Any]:
     return quantizer_settings(ArcVQConfig.from_preset(preset))
 
 
+def _table_runs(records: list[dict[str, Any]], dataset: str, steps: int, preset: str) -> list[dict[str, Any]]:
+    """The runs of one main-table row: `preset` at its current defaults on `dataset` with `steps` steps."""
+    return [
+        r
+        for r in records
+        if r["dataset"] == dataset and r["preset"] == preset and r["steps"] == steps and is_default_run(r)
+    ]
+
+
+def _optional_mean_std(metrics: list[dict[str, Any]], key: str, digits: int) -> str:
+    """Mean ± std of `key` over the runs, or "n/a" unless every run has it (files from before the metric)."""
+    if not metrics or any(key not in m for m in metrics):
+        return "n/a"
+    return _mean_std([m[key] for m in metrics], 1, digits)
+
+
+def perceptual_caption(records: list[dict[str, Any]], dataset: str, steps: int) -> str:
+    """The main table's sentence on LPIPS and rFID: the LPIPS input size and the images per rFID of its runs."""
+    metrics = [r["metrics"] for preset in PRESET_ORDER for r in _table_runs(records, dataset, steps, preset)]
+    sizes = sorted({m["lpips_resize"] for m in metrics if "lpips_resize" in m})
+    counts = sorted({m["rfid_num_images"] for m in metrics if "rfid_num_images" in m})
+    if not sizes and not counts:
+        return "LPIPS / rFID: n/a (these runs were recorded before the perceptual metrics)."
+    size_text = " / ".join(f"upsampled to {s} px" if s else "native size" for s in sizes) or "n/a"
+    count_text = " / ".join(str(c) for c in counts) or "n/a"
+    return (
+        f"LPIPS: v0.1 AlexNet, mean per test image ({size_text}). rFID: Fréchet Inception distance between the "
+        f"{count_text} test images and their reconstructions; rFID from so few images is biased upward, so compare "
+        'it only within this table. "n/a": runs recorded before these metrics.'
+    )
+
+
 def main_table(records: list[dict[str, Any]], dataset: str, steps: int) -> list[str]:
     """Mean ± std over seeds per preset, for runs at the current defaults of each preset."""
     lines = [
         "| preset | seeds | utilization % | perplexity | dead codes | angular dispersion ° | PSNR dB | SSIM | L1 "
-        "| s/step | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| LPIPS | rFID | s/step | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for preset in PRESET_ORDER:
-        runs = [
-            r
-            for r in records
-            if r["dataset"] == dataset and r["preset"] == preset and r["steps"] == steps and is_default_run(r)
-        ]
+        runs = _table_runs(records, dataset, steps, preset)
         if not runs:
             continue
         metric = [r["metrics"] for r in runs]
@@ -282,6 +325,8 @@ def main_table(records: list[dict[str, Any]], dataset: str, steps: int) -> list[
             f"| {_mean_std([m['psnr'] for m in metric])} "
             f"| {_mean_std([m['ssim'] for m in metric], 1, 3)} "
             f"| {_mean_std([m['l1'] for m in metric], 1, 4)} "
+            f"| {_optional_mean_std(metric, 'lpips', 4)} "
+            f"| {_optional_mean_std(metric, 'rfid', 2)} "
             f"| {_mean_std([r['seconds_per_step'] for r in runs], 1, 3)} "
             f"| {_mean_std([r['peak_rss_mb'] for r in runs], 1, 0)} |"
         )
@@ -309,23 +354,20 @@ def sweep_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_plots(records: list[dict[str, Any]], results_dir: Path, steps: int) -> list[str]:
-    """PNG plots per data set from the seed-0 (or lowest-seed) default runs; returns Markdown image lines."""
+def write_plots(records: list[dict[str, Any]], results_dir: Path, steps: int, plots_dir: Path) -> list[str]:
+    """PNG plots per data set from the seed-0 (or lowest-seed) default runs, into `plots_dir`; returns Markdown image
+    lines (paths relative to the report)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     lines: list[str] = []
-    PLOTS_DIR.mkdir(parents=True, exist_ok=True)
+    plots_dir.mkdir(parents=True, exist_ok=True)
     for dataset in DATASETS:
         chosen: dict[str, list[dict[str, Any]]] = {}
         for preset in PRESET_ORDER:
-            runs = [
-                r
-                for r in records
-                if r["dataset"] == dataset and r["preset"] == preset and r["steps"] == steps and is_default_run(r)
-            ]
+            runs = _table_runs(records, dataset, steps, preset)
             if runs:
                 chosen[preset] = sorted(runs, key=lambda r: r["seed"])
         if not chosen:
@@ -338,7 +380,8 @@ def write_plots(records: list[dict[str, Any]], results_dir: Path, steps: int) ->
         axis.set(xlabel="optimizer step", ylabel="test codebook utilization %", title=f"{dataset}: utilization")
         axis.grid(alpha=0.3)
         axis.legend()
-        lines += _save(figure, f"{dataset}_utilization.png", f"{dataset}: test utilization vs step (mean over seeds)")
+        caption = f"{dataset}: test utilization vs step (mean over seeds)"
+        lines += _save(figure, plots_dir, f"{dataset}_utilization.png", caption)
         for key, label, file in (
             ("code_norms", "code norm", "code_norms"),
             ("nearest_code_angles", "angle to nearest other code (°)", "nearest_angles"),
@@ -348,7 +391,7 @@ def write_plots(records: list[dict[str, Any]], results_dir: Path, steps: int) ->
                 axis.hist(runs[0][key], bins=40, histtype="step", label=preset)
             axis.set(xlabel=label, ylabel="codes", title=f"{dataset}: {label} (seed {runs[0]['seed']})")
             axis.legend()
-            lines += _save(figure, f"{dataset}_{file}.png", f"{dataset}: histogram of {label}")
+            lines += _save(figure, plots_dir, f"{dataset}_{file}.png", f"{dataset}: histogram of {label}")
         rows = []
         originals = None
         for preset, runs in chosen.items():
@@ -363,21 +406,24 @@ def write_plots(records: list[dict[str, Any]], results_dir: Path, steps: int) ->
             axis.set_yticks([])
             axis.set_xticks([])
             axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-        lines += _save(figure, f"{dataset}_reconstructions.png", f"{dataset}: first {GRID_IMAGES} test images")
+        caption = f"{dataset}: first {GRID_IMAGES} test images"
+        lines += _save(figure, plots_dir, f"{dataset}_reconstructions.png", caption)
     return lines
 
 
-def _save(figure: Any, file: str, caption: str) -> list[str]:
+def _save(figure: Any, plots_dir: Path, file: str, caption: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
-    atomic_write(PLOTS_DIR / file, lambda path: figure.savefig(path, dpi=110, format="png"))
+    atomic_write(plots_dir / file, lambda path: figure.savefig(path, dpi=110, format="png"))
     plt.close(figure)
     return [f"![{caption}](plots/{file})", ""]
 
 
 def write_report(results_dir: Path, steps: int) -> Path:
-    """Regenerate benchmarks/RESULTS.md from every result file (and speed.json from bench_speed.py).
+    """Regenerate RESULTS.md and plots/ beside `results_dir` (for the default benchmarks/results: benchmarks/RESULTS.md,
+    benchmarks/plots; a scratch --results-dir leaves the committed report alone) from every result file (and
+    speed.json from bench_speed.py).
 
     Main tables: one per data set and budget, for runs at the current defaults of their preset. Plots: runs of
     `steps` steps (falling back to the largest budget with runs of several presets)."""
@@ -392,7 +438,8 @@ def write_report(results_dir: Path, steps: int) -> Path:
         " before each step, MSE / data variance (variance of the [-1, 1] training pixels = var(train / 255) * 4),"
         " the paper's VQ-VAE (hidden 128, 2 residual layers of 32, K=512, D=64, beta 0.25). Metrics from"
         " `arcvq_hf.metrics` on the whole test split: utilization / perplexity / dead codes over all test tokens,"
-        " PSNR / SSIM / L1 per image on outputs clamped to [0, 1] in float, averaged. s/step is wall time of the"
+        " PSNR / SSIM / L1 per image on outputs clamped to [0, 1] in float, averaged; LPIPS and rFID (when"
+        " measured) on the same clamped outputs, see the caption under each table. s/step is wall time of the"
         " training step on a shared 2-core machine (other jobs were running: see `load_average_*` in the JSON"
         " files), so compare s/step only through the ratios of `bench_speed.py` below. Peak RSS is the run's own"
         " process (data, model, optimizer, evaluation).",
@@ -403,7 +450,8 @@ def write_report(results_dir: Path, steps: int) -> Path:
         for budget in budgets:
             table = main_table(records, dataset, budget)
             if len(table) > 2:
-                lines += [f"## {dataset}, {budget} steps, current defaults of each preset", "", *table, ""]
+                caption = perceptual_caption(records, dataset, budget)
+                lines += [f"## {dataset}, {budget} steps, current defaults of each preset", "", *table, "", caption, ""]
     lines += [
         "## Every ArcVQ run (the SAMP sweep)",
         "",
@@ -420,11 +468,13 @@ def write_report(results_dir: Path, steps: int) -> Path:
             "",
             *speed_lines(json.loads(speed_file.read_text())),
         ]
-    lines += ["## Plots", "", *write_plots(records, results_dir, _plot_budget(records, steps))]
+    report_dir = results_dir.resolve().parent
+    plots = write_plots(records, results_dir, _plot_budget(records, steps), report_dir / "plots")
+    lines += ["## Plots", "", *plots]
     notes = BENCHMARK_DIR / "NOTES.md"
     if notes.exists():
         lines += ["", notes.read_text()]
-    path = BENCHMARK_DIR / "RESULTS.md"
+    path = report_dir / "RESULTS.md"
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
 
@@ -466,10 +516,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--report-only", action="store_true", help="only rebuild RESULTS.md and the plots")
     parser.add_argument("--report-steps", type=int, default=None, help="budget of the main tables (default --steps)")
+    parser.add_argument(
+        "--perceptual",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="LPIPS and rFID in each run's final evaluation (default: on when their weights are installed)",
+    )
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.eval_every = args.seeds[:1], 200, 100
+    if args.perceptual is None:
+        args.perceptual = not args.report_only and perceptual_weights_available()
+    elif args.perceptual:
+        require_perceptual_weights()  # asked for explicitly: missing weights stop the grid before it starts
     return args
 
 
@@ -504,6 +564,7 @@ def main(argv: list[str] | None = None) -> None:
                         str(args.eval_every),
                         "--results-dir",
                         str(args.results_dir),
+                        "--perceptual" if args.perceptual else "--no-perceptual",
                         *(f"--override={item}" for item in args.override),
                     ]
                     subprocess.run(command, check=True)

@@ -22,8 +22,10 @@ Examples (all offline):
 
 Options: `--dataset` (mnist-5k | skimage-photos | photos, the photo corpus that examples/build_photo_corpus.py builds |
 save_to_disk folder | image folder | hub id), `--variant vqvae|vqgan`,
-`--preset arcvq|vq-baseline|cosine-only|no-ball|no-arc`, `--model_name_or_path`, the VQGAN recipe's `--disc_*` /
-`--perceptual_*` (arcvq_hf.gan.GANSettings), every TrainingArguments flag; `python examples/train_arcvq.py --help`
+`--preset arcvq|vq-baseline|cosine-only|no-ball|no-arc`, `--model_name_or_path`, `--perceptual_metrics` (LPIPS and
+rFID in the evaluation; weights from `python -m arcvq_hf.perceptual fetch`), the VQGAN recipe's `--disc_*` /
+`--perceptual_weight` (arcvq_hf.gan.GANSettings; its LPIPS-VGG loss needs the same weights), every TrainingArguments
+flag; `python examples/train_arcvq.py --help`
 lists them all. The output folder gets config.json, model.safetensors, preprocessor_config.json, the model code
 files (for trust_remote_code), the metrics JSONs, training_run.json and a README.md model card (arcvq_hf.model_card).
 
@@ -88,7 +90,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Where the images come from."""
+    """Where the images come from, and what the evaluation measures."""
 
     dataset: str = field(
         default="mnist-5k",
@@ -103,6 +105,13 @@ class DataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
+    perceptual_metrics: bool = field(
+        default=False,
+        metadata={
+            "help": "Also report LPIPS-alex and rFID on the evaluation split (slow on CPU: ~0.5 s per image for "
+            "rFID); their weights come from `python -m arcvq_hf.perceptual fetch`."
+        },
+    )
 
 
 def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
@@ -208,7 +217,7 @@ def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, flo
     else:
         model = ArcVQModel(config)
 
-    # Trainer: the VQGAN recipe adds a discriminator (and a perceptual loss with --perceptual_weights).
+    # Trainer: the VQGAN recipe adds a discriminator and (unless --perceptual_weight 0) the LPIPS-VGG loss.
     use_gan = model_args.use_gan if model_args.use_gan is not None else config.backbone == "vqgan"
     trainer_kwargs: dict[str, Any] = {
         "model": model,
@@ -216,6 +225,7 @@ def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, flo
         "train_dataset": train_dataset,
         "eval_dataset": eval_dataset,
         "processing_class": processor,
+        "perceptual_metrics": data_args.perceptual_metrics,
     }
     # Trainer creates output_dir at once; a run that fails before saving anything must not leave it behind.
     output_dir = Path(training_args.output_dir)

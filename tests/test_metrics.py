@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.stats import entropy
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from tiny_training import needs_perceptual_weights
 
 from arcvq_hf import ArcVQConfig, ArcVQModel
 from arcvq_hf.metrics import (
@@ -17,7 +18,9 @@ from arcvq_hf.metrics import (
     codebook_utilization,
     dead_codes,
     evaluate_reconstruction,
+    inception_features,
     l1_error,
+    lpips,
     perplexity,
     psnr,
     ssim,
@@ -199,3 +202,58 @@ def test_evaluate_reconstruction_is_batch_size_independent_and_matches_independe
     assert one_pass["num_images"] == 11
     assert one_pass["angular_dispersion"] == pytest.approx(angular_dispersion(model.codebook))
     assert "code_norm_fraction_on_bound" in one_pass
+
+
+def _all_reduce_shards(shards: list[ReconstructionMetrics]) -> None:
+    """`all_reduce_` on every shard with a sum over the shards, standing in for accelerator.reduce across ranks."""
+    packed = []
+    for shard in shards:
+        shard.all_reduce_(lambda t: packed.append(t.clone()) or t)
+    total = torch.stack(packed).sum(dim=0)
+    for shard in shards:
+        shard.all_reduce_(lambda t: total.clone())
+
+
+@needs_perceptual_weights()
+def test_perceptual_sums_of_shards_equal_one_pass_and_the_direct_metrics() -> None:
+    pred, target = (torch.from_numpy(x).float() for x in _image_pairs(4, 3, 32, 32, seed=4))
+    tokens = torch.randint(0, 32, (4, 8, 8), generator=torch.Generator().manual_seed(5))
+    whole = ReconstructionMetrics(32, with_lpips=True, with_rfid=True).update(pred, target, tokens)
+    # Three ranks, one with an empty shard: the packed layout must not depend on what a rank saw.
+    shards = [ReconstructionMetrics(32, with_lpips=True, with_rfid=True) for _ in range(3)]
+    for shard, rows in zip(shards, ([0, 2], [1, 3], []), strict=True):
+        if rows:
+            shard.update(pred[rows], target[rows], tokens[rows])
+    _all_reduce_shards(shards)
+    for shard in shards[1:]:  # every rank ends with the same sums
+        assert shard.lpips_sum == shards[0].lpips_sum and shard.num_images == 4
+        for mine, theirs in zip(shard.fid.state_tensors(), shards[0].fid.state_tensors(), strict=True):
+            assert torch.equal(mine, theirs)
+    # ... and they are the one pass's (Inception features differ in the last float32 bits between batch
+    # compositions, hence the tolerance).
+    for mine, theirs in zip(shards[0].fid.state_tensors(), whole.fid.state_tensors(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    a, b = whole.compute(), shards[2].compute()  # the rank that saw no image reports the whole set
+    assert a.keys() == b.keys()
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    # Independent: the metric functions on the [0, 1] images mapped to [-1, 1] (rFID through its feature sums,
+    # which is cheaper than a second Fréchet distance of 2048-d Gaussians).
+    assert a["rfid_num_images"] == 4 and a["lpips_resize"] == 64  # 32 px crops: upsampled for AlexNet
+    real, fake = target * 2 - 1, pred * 2 - 1
+    assert a["lpips"] == pytest.approx(float(lpips(fake, real, resize=64).mean()), rel=1e-5)
+    real_sum, _, _, fake_sum, _, _ = whole.fid.state_tensors()
+    torch.testing.assert_close(real_sum, inception_features(real).double().sum(dim=0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fake_sum, inception_features(fake).double().sum(dim=0), rtol=1e-5, atol=1e-5)
+    assert np.isfinite(a["rfid"]) and a["rfid"] > 0
+
+
+@needs_perceptual_weights("alex")
+def test_lpips_keeps_native_resolution_from_64_px_and_refuses_a_mix() -> None:
+    pred, target = (torch.from_numpy(x).float() for x in _image_pairs(2, 1, 64, 64, seed=6))
+    metrics = ReconstructionMetrics(8, with_lpips=True).update(pred, target).compute()
+    assert metrics["lpips_resize"] == 0 and "rfid" not in metrics
+    assert metrics["lpips"] == pytest.approx(float(lpips(pred * 2 - 1, target * 2 - 1).mean()), rel=1e-6)
+    mixed = ReconstructionMetrics(8, with_lpips=True).update(pred, target)
+    with pytest.raises(ValueError, match="different resolutions"):
+        mixed.update(pred[..., :32, :32], target[..., :32, :32])

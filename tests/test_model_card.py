@@ -98,3 +98,17 @@ def test_a_card_is_not_written_without_measured_metrics(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="eval_results.json"):
         write_model_card(folder, RUN)
     assert sorted(folder.iterdir()) == before  # no README.md, no temporary file
+
+
+def test_lpips_and_rfid_appear_with_their_resize_and_image_count_only_when_measured() -> None:
+    config = ArcVQConfig.from_preset("arcvq", num_channels=1, **TINY)
+    perceptual = {"eval_lpips": 0.0812, "eval_lpips_resize": 64, "eval_rfid": 31.5, "eval_rfid_num_images": 1000}
+    card = ModelCard(model_card_text("arcvq-mnist", config, 1500, {**METRICS, **perceptual}, RUN))
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert results["lpips"].metric_value == 0.0812 and results["lpips"].metric_name == "LPIPS-alex (upsampled to 64 px)"
+    assert results["rfid"].metric_value == 31.5 and results["rfid"].metric_name == "rFID (1000 images)"
+    assert "| LPIPS (v0.1, AlexNet, per image) | 0.0812 |" in card.text and "| 1000 |" in card.text
+    assert "upsampling to 64x64 px" in card.text and "of the 1000 evaluation images" in card.text
+    assert "biased upward" in card.text and "python -m arcvq_hf.perceptual fetch" in card.text
+    plain = _card("arcvq")
+    assert "lpips" not in {r.metric_type for r in plain.data.eval_results} and "LPIPS" not in plain.text

@@ -1,5 +1,6 @@
-"""examples/train_arcvq.py end to end: a complete, carded model folder; fine-tuning; two ranks under torchrun;
---push_to_hub (offline, the upload stubbed); and the inputs it must refuse clearly, leaving nothing behind."""
+"""examples/train_arcvq.py end to end: a complete, carded model folder; fine-tuning; --perceptual_metrics; two ranks
+under torchrun; --push_to_hub (offline, the upload stubbed); and the inputs it must refuse clearly, leaving nothing
+behind."""
 
 import json
 import os
@@ -15,11 +16,11 @@ from example_scripts import load_example
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
-from tiny_training import TINY, digits, save_digit_dataset
+from tiny_training import CACHE_ENV, FETCH_COMMAND, TINY, digits, needs_perceptual_weights, save_digit_dataset
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.data import mnist_arrays
-from arcvq_hf.metrics import evaluate_reconstruction
+from arcvq_hf.metrics import PerceptualWeightsMissingError, evaluate_reconstruction
 from arcvq_hf.transforms import CorruptImageError, pixel_values_transform
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,6 +181,28 @@ def test_push_to_hub_uploads_our_card_and_metrics_once_at_the_end_and_never_the_
     assert card.data.library_name == "transformers" and "2605.13517" in card.text
     assert 'AutoModel.from_pretrained("someone/tiny-arcvq", trust_remote_code=True)' in card.text
     assert "fine-tuned version of" not in card.text
+
+
+@needs_perceptual_weights()
+def test_perceptual_metrics_reach_the_results_and_the_card(tmp_path, example, digit_data) -> None:
+    output = tmp_path / "model"
+    example.main(_arguments(digit_data, output, "--perceptual_metrics", "--max_eval_samples", "3"))
+    saved = json.loads((output / "eval_results.json").read_text())
+    assert saved["eval_rfid_num_images"] == 3 and saved["eval_lpips_resize"] == 64
+    assert saved["eval_lpips"] > 0 and np.isfinite(saved["eval_rfid"])
+    card = ModelCard.load(output / "README.md")
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert results["lpips"].metric_value == pytest.approx(saved["eval_lpips"])
+    assert results["rfid"].metric_name == "rFID (3 images)"
+    assert f"| {saved['eval_lpips']:.4g} |" in card.text and "of the 3 evaluation images" in card.text
+
+
+def test_perceptual_metrics_without_weights_stop_before_training(tmp_path, example, digit_data, monkeypatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "empty-cache"))
+    output = tmp_path / "never"
+    with pytest.raises(PerceptualWeightsMissingError, match=FETCH_COMMAND):
+        example.main(_arguments(digit_data, output, "--perceptual_metrics"))
+    assert not output.exists()
 
 
 @pytest.mark.parametrize("max_steps", ["0", "-5"])

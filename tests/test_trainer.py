@@ -1,14 +1,15 @@
 """ArcVQTrainer and the schedule callback: schedules under accumulation, whole-set evaluation through the metrics
-module's loop, resume, fine-tuning."""
+module's loop (with the opt-in perceptual metrics), resume, fine-tuning."""
 
 import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from tiny_training import digits, tiny_model, training_args
+from tiny_training import CACHE_ENV, FETCH_COMMAND, digits, needs_perceptual_weights, tiny_model, training_args
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.metrics import evaluate_reconstruction
+from arcvq_hf.image_processing_arcvq import to_unit_range
+from arcvq_hf.metrics import PerceptualWeightsMissingError, evaluate_reconstruction, lpips
 from arcvq_hf.quantization import arc_weight_at, ball_radius, project_onto_ball_
 from arcvq_hf.trainer import ArcVQTrainer
 from arcvq_hf.transforms import pixel_values_transform
@@ -133,3 +134,36 @@ def test_finetuning_continues_the_ball_radius(tmp_path, digit_sets) -> None:
     assert seen_radii == [pytest.approx(ball_radius(saved_step, 1e-3))]
     torch.testing.assert_close(model.codebook, saved_codebook, atol=0, rtol=0)
     assert model.training_step == saved_step + 1
+
+
+@needs_perceptual_weights()
+def test_evaluate_adds_lpips_and_rfid_when_asked(tmp_path) -> None:
+    processor = ArcVQImageProcessor(num_channels=1)
+    evaluation = digits(4, offset=100).with_transform(pixel_values_transform(processor))
+    model = tiny_model()
+    trainer = ArcVQTrainer(
+        model=model,
+        args=training_args(tmp_path, per_device_eval_batch_size=3),
+        eval_dataset=evaluation,
+        processing_class=processor,
+        perceptual_metrics=True,
+    )
+    metrics = trainer.evaluate()
+    # Independent: the direct metric functions on the clamped [0, 1] images, mapped to [-1, 1].
+    pixels = torch.stack([evaluation[i]["pixel_values"] for i in range(4)])
+    with torch.no_grad():
+        reconstruction = model(pixels, return_loss=False).reconstruction
+    real, fake = to_unit_range(pixels) * 2 - 1, to_unit_range(reconstruction) * 2 - 1
+    assert metrics["eval_lpips_resize"] == 64  # 28 px digits: upsampled for AlexNet
+    assert metrics["eval_lpips"] == pytest.approx(float(lpips(fake, real, resize=64).mean()), rel=1e-5)
+    # rFID against its own reference is tests/test_metrics.py's (one Fréchet distance of 2048-d Gaussians is slow).
+    assert np.isfinite(metrics["eval_rfid"]) and metrics["eval_rfid_num_images"] == 4
+    plain = ArcVQTrainer(model=model, args=training_args(tmp_path), eval_dataset=evaluation).evaluate()
+    assert "eval_lpips" not in plain and "eval_rfid" not in plain  # opt-in
+
+
+def test_missing_perceptual_weights_stop_the_trainer_naming_the_fetch_command(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "empty-cache"))
+    with pytest.raises(PerceptualWeightsMissingError, match=FETCH_COMMAND):
+        ArcVQTrainer(model=tiny_model(), args=training_args(tmp_path / "out"), perceptual_metrics=True)
+    assert not (tmp_path / "out").exists()

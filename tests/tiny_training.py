@@ -1,7 +1,9 @@
-"""Small shared pieces of the training tests: a tiny VQ-VAE, a few MNIST digits as a data set, fast arguments."""
+"""Small shared pieces of the training tests: a tiny VQ-VAE, a few MNIST digits as a data set, fast arguments, and
+the skip marker of tests that need the perceptual weights."""
 
 import numpy as np
 import PIL.Image
+import pytest
 import torch
 from datasets import Dataset, DatasetDict, Image
 from transformers import TrainingArguments
@@ -9,6 +11,12 @@ from transformers import TrainingArguments
 from arcvq_hf import ArcVQConfig, ArcVQModel
 from arcvq_hf.data import mnist_arrays
 from arcvq_hf.image_processing_arcvq import to_unit_range
+from arcvq_hf.metrics import perceptual_weights_available
+
+# The documented command (the error for missing weights must name exactly this).
+FETCH_COMMAND = "python -m arcvq_hf.perceptual fetch"
+# Where arcvq_hf.perceptual looks for the weights; pointing it at an empty folder simulates a machine without them.
+CACHE_ENV = "ARCVQ_PERCEPTUAL_CACHE"
 
 TINY = {
     "hidden_size": 16,
@@ -57,3 +65,11 @@ def training_args(output_dir, **overrides) -> TrainingArguments:
     }
     settings.update(overrides)
     return TrainingArguments(output_dir=str(output_dir), **settings)
+
+
+def needs_perceptual_weights(*networks: str) -> pytest.MarkDecorator:
+    """Skip unless the named perceptual networks (default: LPIPS-alex and Inception) are installed."""
+    return pytest.mark.skipif(
+        not perceptual_weights_available(*networks),
+        reason=f"perceptual weights {networks or ('alex', 'inception')} not installed; run `{FETCH_COMMAND}`",
+    )
