@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,29 +55,73 @@ def _reset_peak_rss() -> float:
     return _status_mb("VmRSS")
 
 
-def time_training_steps(rounds: int) -> dict[str, list[float]]:
-    """Seconds of one optimizer step per preset, `rounds` samples each, interleaved."""
+def _authors_training_step(code_dir: Path, variance: float) -> Callable[[torch.Tensor, int], None]:
+    """One optimizer step of the authors' release (their `modules.Model` and main.py's loss), built from a local
+    checkout of their code (github goals4292/ArcVQ-VAE, folder ArcVQ-VAE/; it needs einops). Nothing of it is copied
+    here: it is imported from `code_dir` at run time."""
+    sys.path.insert(0, str(code_dir))
+    from modules import Model  # the authors' VQ-VAE
+
+    torch.manual_seed(0)
+    model = Model(1, 128, 2, 32, 512, 64, 0.25, use_arc_loss=True, arc_s=5.0, arc_m=0.1).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+
+    def step(batch: torch.Tensor, index: int) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        reconstruction, quantizer_and_arc_loss, _, _ = model(batch, step=index, gamma=1.0, gamma_decay=5e-4)
+        (torch.nn.functional.mse_loss(reconstruction, batch) / variance + quantizer_and_arc_loss).backward()
+        optimizer.step()
+
+    return step
+
+
+def _our_training_step(preset: str, variance: float, fast: bool) -> Callable[[torch.Tensor, int], None]:
+    """One optimizer step of our model; `fast`: bf16 autocast and channels_last weights (assignment and the arc loss
+    stay float32)."""
+    torch.manual_seed(0)
+    model = ArcVQModel(ArcVQConfig.from_preset(preset, num_channels=1, data_variance=variance)).train()
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+
+    def step(batch: torch.Tensor, index: int) -> None:
+        model.set_training_step(index)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+            loss = model(batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def time_training_steps(rounds: int, authors_code: Path | None = None) -> dict[str, list[float]]:
+    """Seconds of one optimizer step per variant, `rounds` samples each, interleaved on the same batches: the presets
+    `vq-baseline`, `cosine-only`, `arcvq` in float32, `arcvq` with bf16 autocast + channels_last (`arcvq-fast`), and
+    the authors' release when `authors_code` is given."""
     train, _, _, _ = mnist_arrays()
     pixels = torch.from_numpy(train)
     variance = pixel_variance(train, max_images=None)
-    models, optimizers = {}, {}
-    for preset in ("vq-baseline", "cosine-only", "arcvq"):
-        torch.manual_seed(0)
-        models[preset] = ArcVQModel(ArcVQConfig.from_preset(preset, num_channels=1, data_variance=variance)).train()
-        optimizers[preset] = torch.optim.Adam(models[preset].parameters(), lr=3e-4)
+    steps = {
+        preset: _our_training_step(preset, variance, fast=False) for preset in ("vq-baseline", "cosine-only", "arcvq")
+    }
+    steps["arcvq-fast"] = _our_training_step("arcvq", variance, fast=True)
+    working_dir = os.getcwd()
+    if authors_code is not None:
+        steps["authors"] = _authors_training_step(authors_code, variance)
+        os.chdir(tempfile.mkdtemp())  # their quantizer appends a usage log to the working directory every forward
     generator = torch.Generator().manual_seed(0)
-    samples: dict[str, list[float]] = {preset: [] for preset in models}
-    for round_index in range(rounds + 2):  # the first two rounds warm up
-        batch = pixels[torch.randint(len(pixels), (256,), generator=generator)]
-        for preset, model in models.items():
-            started = time.perf_counter()
-            model.set_training_step(round_index)
-            loss = model(batch).loss
-            optimizers[preset].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers[preset].step()
-            if round_index >= 2:
-                samples[preset].append(time.perf_counter() - started)
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    try:
+        for round_index in range(rounds + 2):  # the first two rounds warm up
+            batch = pixels[torch.randint(len(pixels), (256,), generator=generator)]
+            for name, step in steps.items():
+                started = time.perf_counter()
+                step(batch, round_index)
+                if round_index >= 2:
+                    samples[name].append(time.perf_counter() - started)
+    finally:
+        os.chdir(working_dir)
     return samples
 
 
@@ -150,6 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved training-step samples per preset")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is steadier on a loaded machine)")
     parser.add_argument("--output", type=Path, default=BENCHMARK_DIR / "speed.json")
+    parser.add_argument(
+        "--authors-code",
+        type=Path,
+        default=None,
+        help="a local checkout of the authors' ArcVQ-VAE/ folder: their training step is timed alongside ours",
+    )
     parser.add_argument("--memory-child", nargs=2, metavar=("VARIANT", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
@@ -157,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
-    steps = time_training_steps(args.rounds)
+    steps = time_training_steps(args.rounds, args.authors_code)
     median = {preset: statistics.median(values) for preset, values in steps.items()}
     small = time_arc_loss(512, 12544, 64, repeats=10)
     large = measure_large_arc_loss(args.threads)
@@ -178,6 +229,28 @@ def main(argv: list[str] | None = None) -> None:
             "value": " / ".join(f"{median[p]:.3f}" for p in ("arcvq", "cosine-only", "vq-baseline")),
             "target": f"<= {0.8 * AUTHORS_STEP_SECONDS:.3f} s on an idle machine (0.8x the authors' 0.362 s)",
         },
+        {
+            "what": "ArcVQ step with bf16 autocast + channels_last / float32 ArcVQ step",
+            "value": f"{median['arcvq-fast'] / median['arcvq']:.3f}x",
+            "target": "",
+        },
+        *(
+            [
+                {
+                    "what": "ArcVQ step / the authors' release step (float32; bf16 + channels_last), same batches",
+                    "value": f"{median['arcvq'] / median['authors']:.3f}x; "
+                    f"{median['arcvq-fast'] / median['authors']:.3f}x",
+                    "target": "<= 0.6x (issue 13)",
+                },
+                {
+                    "what": "median s/step authors' release",
+                    "value": f"{median['authors']:.3f}",
+                    "target": "",
+                },
+            ]
+            if "authors" in median
+            else []
+        ),
         {
             "what": "arc loss fwd+bwd, K=512 N=12544 D=64 (min / median s)",
             "value": f"{min(small):.4f} / {statistics.median(small):.4f}",

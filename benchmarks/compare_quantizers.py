@@ -53,6 +53,8 @@ BENCHMARK_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARK_DIR / "authors-backbone" / "results"
 PRESET_ORDER = ("vq-baseline", "cosine-only", "no-ball", "no-arc", "arcvq")
 DATASETS = ("mnist-5k", "photos")
+# Training precision of a run: the protocol's float32, or `--fast` (issue 13's speed levers).
+FP32, FAST = "fp32", "bf16+channels_last"
 # The SAMP knobs a sweep may override (SPEC.md §1): alpha, lambda, gamma0, s, m, top_k.
 SWEEP_KNOBS = ("ball_growth_rate", "arc_weight_decay", "arc_weight", "arc_scale", "arc_margin", "arc_top_k")
 BATCH_SIZE = 256
@@ -98,12 +100,13 @@ def parse_overrides(items: list[str]) -> dict[str, float | int]:
     return overrides
 
 
-def run_name(dataset: str, preset: str, seed: int, steps: int, overrides: dict[str, Any]) -> str:
+def run_name(dataset: str, preset: str, seed: int, steps: int, overrides: dict[str, Any], fast: bool = False) -> str:
     """File name of a run; it hashes the effective quantizer settings, so a run made under older defaults is never
-    mistaken for a run of the current ones."""
+    mistaken for a run of the current ones. `--fast` runs carry a `_bf16cl` suffix."""
     settings = effective_settings(quantizer_settings(ArcVQConfig.from_preset(preset, **overrides)))
     text = ",".join(f"{key}={settings[key]}" for key in sorted(settings))
-    return f"{dataset}_{preset}_s{seed}_{steps}steps_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    suffix = "_bf16cl" if fast else ""
+    return f"{dataset}_{preset}_s{seed}_{steps}steps_{hashlib.sha1(text.encode()).hexdigest()[:8]}{suffix}"
 
 
 def quantizer_settings(config: ArcVQConfig) -> dict[str, Any]:
@@ -123,8 +126,10 @@ def effective_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_default_run(record: dict[str, Any]) -> bool:
-    """Whether a result file's run used the current defaults of its preset."""
-    return effective_settings(record["settings"]) == effective_settings(default_settings(record["preset"]))
+    """Whether a result file's run used the current defaults of its preset, in float32 (the protocol)."""
+    return record.get("precision", FP32) == FP32 and effective_settings(record["settings"]) == effective_settings(
+        default_settings(record["preset"])
+    )
 
 
 def _evaluate(model: ArcVQModel, test: torch.Tensor, perceptual: bool = False) -> dict[str, float]:
@@ -139,9 +144,12 @@ def train_and_evaluate(
     overrides: dict[str, Any],
     eval_every: int,
     perceptual: bool = False,
+    fast: bool = False,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Train one preset with the protocol's plain loop and evaluate it on the test split (the final evaluation with
     LPIPS and rFID when `perceptual`; the utilization curve's evaluations never, they are only for the curve).
+    `fast`: train under bf16 autocast with channels_last weights (assignment and the arc loss stay float32);
+    evaluation is float32 either way.
 
     Returns (record for the JSON file, arrays for the .npz: test originals and reconstructions of the grid).
     """
@@ -152,6 +160,8 @@ def train_and_evaluate(
     torch.manual_seed(seed)
     config = ArcVQConfig.from_preset(preset, num_channels=train.shape[1], data_variance=variance, **overrides)
     model = ArcVQModel(config)
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     order = torch.Generator().manual_seed(seed)
     permutation, cursor = torch.randperm(len(train), generator=order), 0
@@ -165,7 +175,8 @@ def train_and_evaluate(
         cursor += BATCH_SIZE
         started = time.perf_counter()
         model.set_training_step(step)
-        output = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+            output = model(batch)
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()
@@ -196,6 +207,7 @@ def train_and_evaluate(
         "batch_size": BATCH_SIZE,
         "learning_rate": LEARNING_RATE,
         "overrides": overrides,
+        "precision": FAST if fast else FP32,
         "settings": quantizer_settings(config),
         "data_variance": variance,
         "num_test_images": len(test),
@@ -247,9 +259,9 @@ def run_single(args: argparse.Namespace) -> None:
     """Child-process entry point: train one run and write its files."""
     overrides = parse_overrides(args.override)
     dataset, preset, seed = args.datasets[0], args.presets[0], args.seeds[0]
-    name = run_name(dataset, preset, seed, args.steps, overrides)
+    name = run_name(dataset, preset, seed, args.steps, overrides, args.fast)
     record, arrays = train_and_evaluate(
-        dataset, preset, seed, args.steps, overrides, args.eval_every, perceptual=args.perceptual
+        dataset, preset, seed, args.steps, overrides, args.eval_every, perceptual=args.perceptual, fast=args.fast
     )
     record["name"] = name
     atomic_write(args.results_dir / f"{name}.npz", lambda path: np.savez_compressed(open(path, "wb"), **arrays))
@@ -341,9 +353,9 @@ def main_table(records: list[dict[str, Any]], dataset: str, steps: int) -> list[
 def sweep_table(records: list[dict[str, Any]]) -> list[str]:
     """Every arcvq run, one row each, with its SAMP settings."""
     lines = [
-        "| data set | steps | seed | alpha | lambda | gamma0 | s | m | top_k | utilization % | perplexity "
+        "| data set | steps | seed | precision | alpha | lambda | gamma0 | s | m | top_k | utilization % | perplexity "
         "| PSNR dB | SSIM | utilization along the run (step: %) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     runs = [r for r in records if r["preset"] == "arcvq"]
     runs.sort(key=lambda r: (r["dataset"], r["steps"], [str(r["settings"][k]) for k in SWEEP_KNOBS], r["seed"]))
@@ -351,7 +363,8 @@ def sweep_table(records: list[dict[str, Any]]) -> list[str]:
         s, m = r["settings"], r["metrics"]
         curve = " ".join(f"{p['step']}: {100 * p['codebook_utilization']:.0f}" for p in r["utilization_curve"])
         lines.append(
-            f"| {r['dataset']} | {r['steps']} | {r['seed']} | {s['ball_growth_rate']:g} | {s['arc_weight_decay']:g} "
+            f"| {r['dataset']} | {r['steps']} | {r['seed']} | {r.get('precision', FP32)} "
+            f"| {s['ball_growth_rate']:g} | {s['arc_weight_decay']:g} "
             f"| {s['arc_weight']:g} | {s['arc_scale']:g} | {s['arc_margin']:g} | {s['arc_top_k']} "
             f"| {100 * m['codebook_utilization']:.1f} | {m['perplexity']:.1f} | {m['psnr']:.2f} | {m['ssim']:.3f} "
             f"| {curve} |"
@@ -534,6 +547,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="LPIPS and rFID in each run's final evaluation (default: on when their weights are installed)",
     )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="train under bf16 autocast with channels_last weights (files named *_bf16cl; the main tables keep the "
+        "float32 protocol runs, the sweep table lists both)",
+    )
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -555,7 +574,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for dataset in args.datasets:
                 for preset in args.presets:
-                    name = run_name(dataset, preset, seed, args.steps, overrides)
+                    name = run_name(dataset, preset, seed, args.steps, overrides, args.fast)
                     if (args.results_dir / f"{name}.json").exists():
                         print(f"skip {name} (done)", flush=True)
                         continue
@@ -578,6 +597,7 @@ def main(argv: list[str] | None = None) -> None:
                         str(args.results_dir),
                         "--perceptual" if args.perceptual else "--no-perceptual",
                         *(f"--override={item}" for item in args.override),
+                        *(["--fast"] if args.fast else []),
                     ]
                     subprocess.run(command, check=True)
     print(f"wrote {write_report(args.results_dir, args.report_steps or 1500)}")

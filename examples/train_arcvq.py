@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from arcvq_hf import PRESETS, ArcVQConfig, ArcVQImageProcessor, ArcVQModel
@@ -83,6 +84,13 @@ class ModelArguments:
     )
     use_gan: bool | None = field(
         default=None, metadata={"help": "VQGAN recipe (perceptual + PatchGAN); default: on for the vqgan backbone."}
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata={
+            "help": "channels_last weights: with --bf16 true (autocast) the fastest CPU training step here (about "
+            "0.6x float32, benchmarks/speed.json); code assignment and the arc loss stay float32."
+        },
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Needed for hub ids without arcvq_hf."})
     license: str = field(default="apache-2.0", metadata={"help": "License in the model card."})
@@ -216,6 +224,8 @@ def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, flo
         model = ArcVQModel.from_pretrained(finetune_from, config=config, trust_remote_code=model_args.trust_remote_code)
     else:
         model = ArcVQModel(config)
+    if model_args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
 
     # Trainer: the VQGAN recipe adds a discriminator and (unless --perceptual_weight 0) the LPIPS-VGG loss.
     use_gan = model_args.use_gan if model_args.use_gan is not None else config.backbone == "vqgan"

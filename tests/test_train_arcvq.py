@@ -247,3 +247,16 @@ def test_a_missing_local_folder_is_named_not_taken_for_a_hub_id(tmp_path, exampl
     with pytest.raises(FileNotFoundError, match="--dataset .*no such local folder"):
         example.main(_arguments(tmp_path / "no-such-data", tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_bf16_and_channels_last_train_and_save_a_float32_model(example, digit_data, tmp_path):
+    """The speed levers of issue 13: `--bf16 true` (autocast on CPU) with `--channels_last`. Training runs, the loss
+    is finite, and the saved model is an ordinary float32 checkpoint that loads and reconstructs."""
+    output_dir = tmp_path / "fast"
+    example.main(_arguments(digit_data, output_dir, "--bf16", "true", "--channels_last", "true"))
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert all(np.isfinite(entry["loss"]) for entry in state["log_history"] if "loss" in entry)
+    weights = load_file(output_dir / "model.safetensors")
+    assert all(tensor.dtype == torch.float32 for tensor in weights.values() if tensor.is_floating_point())
+    model = ArcVQModel.from_pretrained(output_dir).eval()
+    assert np.isfinite(_reference_metrics(output_dir)["psnr"]) and model.codebook.dtype == torch.float32
