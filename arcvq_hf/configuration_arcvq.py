@@ -101,12 +101,12 @@ class ArcVQConfig(PretrainedConfig):
         use_ball_bound (`bool`, True), ball_growth_rate (`float`, 3e-4): BBNR, radius R(t) = exp(alpha * t).
         use_arc_margin (`bool`, True), arc_scale (s, 5.0), arc_margin (m, 0.1), arc_top_k (3),
             arc_weight (gamma0, 1.5), arc_weight_decay (lambda, 5e-4): the additive angular-margin loss,
-            weighted by gamma_t = gamma0 * exp(-lambda * t). gamma0 = 1.5 (the authors use 1) is set from the sweep
-            in benchmarks/RESULTS.md: on mnist-5k at 1500 steps, 1 leaves 14 % of the codes dead (the encoder's
-            latents outgrow the unit-norm codes early and codes lose their latents), 2 keeps 99 % alive but costs
-            0.65 dB of PSNR, 1.5 keeps 95.5-96.5 % alive at 22.73-22.84 dB (three seeds). On held-out photos a
-            larger gamma0 keeps more codes alive (10: 80 % against 57 %) but costs 1.3 dB there and 4 dB on MNIST,
-            so 1.5 is the default; raise it when codebook usage matters more than PSNR.
+            weighted by gamma_t = gamma0 * exp(-lambda * t). gamma0 = 1.5 (the authors use 1; preset
+            `arcvq-authors`) was set from the sweep in benchmarks/RESULTS.md, on the earlier bias-free backbone: on
+            mnist-5k at 1500 steps 1 left 14 % of the codes dead, 2 kept 99 % alive but cost 0.65 dB of PSNR, 1.5
+            kept 95.5-96.5 % alive at 22.73-22.84 dB (three seeds). On the current backbone (seed 0,
+            benchmarks/authors-backbone) 1.5 gives 92.2 % / 22.64 dB and 1 gives 80.5 % / 22.77 dB; it has not been
+            re-swept there. Raise it when codebook usage matters more than PSNR.
         quantizer_chunk_elements (`int`, 2**22): largest number of code-by-token similarities held at once, which
             bounds the extra memory of assignment and of the arc loss (forward and backward).
     Reconstruction:
