@@ -8,6 +8,7 @@ import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -217,6 +218,16 @@ def add_converter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace output_dir if it exists")
 
 
+def shared_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments every `convert_*_checkpoint` takes, from the shared command-line arguments."""
+    return {
+        "preset": args.preset,
+        "image_mean": args.image_mean,
+        "image_std": args.image_std,
+        "overwrite": args.overwrite,
+    }
+
+
 def run_converter_cli(
     argv: Sequence[str] | None,
     prog: str,
@@ -261,5 +272,6 @@ __all__ = [
     "require_key",
     "resolve_checkpoint",
     "run_converter_cli",
+    "shared_options",
     "save_converted_folder",
 ]

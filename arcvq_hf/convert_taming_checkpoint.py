@@ -46,6 +46,7 @@ from .convert_common import (
     resolve_checkpoint,
     run_converter_cli,
     save_converted_folder,
+    shared_options,
 )
 from .modeling_arcvq import ArcVQModel
 
@@ -205,13 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "ArcVQ folder (vqgan backbone).",
         add_arguments=add_arguments,
         convert=lambda args: convert_taming_checkpoint(
-            args.checkpoint,
-            args.output_dir,
-            preset=args.preset,
-            image_mean=args.image_mean,
-            image_std=args.image_std,
-            overwrite=args.overwrite,
-            norm_num_groups=args.norm_num_groups,
+            args.checkpoint, args.output_dir, norm_num_groups=args.norm_num_groups, **shared_options(args)
         ),
     )
 

@@ -50,6 +50,7 @@ from .convert_common import (
     resolve_checkpoint,
     run_converter_cli,
     save_converted_folder,
+    shared_options,
 )
 from .modeling_arcvq import ArcVQModel
 
@@ -182,13 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Convert the authors' small VQ-VAE state dict (their best.pt) into an ArcVQ folder.",
         add_arguments=add_arguments,
         convert=lambda args: convert_vqvae_checkpoint(
-            args.checkpoint,
-            args.output_dir,
-            preset=args.preset,
-            data_variance=args.data_variance,
-            image_mean=args.image_mean,
-            image_std=args.image_std,
-            overwrite=args.overwrite,
+            args.checkpoint, args.output_dir, data_variance=args.data_variance, **shared_options(args)
         ),
     )
 
