@@ -45,10 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Image as ImageFeature
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from arcvq_hf import PRESETS, ArcVQConfig, ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.data import BUILTIN_DATASETS, load_image_dataset, train_eval_splits
+from arcvq_hf.data import BUILTIN_DATASETS, RandomCropDataset, load_image_dataset, photo_eval_dataset, train_eval_splits
 from arcvq_hf.gan import ArcVQGANTrainer, GANSettings
 from arcvq_hf.io_utils import looks_like_local_path, removed_if_left_empty, require_existing_folder
 from arcvq_hf.model_card import TrainingRun, write_model_card
@@ -96,6 +97,10 @@ class ModelArguments:
     license: str = field(default="apache-2.0", metadata={"help": "License in the model card."})
 
 
+# Side of the training and evaluation crops of `--dataset photos` (the photo corpus of whole photos).
+PHOTO_CROP_SIZE = 32
+
+
 @dataclass
 class DataArguments:
     """Where the images come from, and what the evaluation measures."""
@@ -110,6 +115,14 @@ class DataArguments:
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
     image_size: int | None = field(
         default=None, metadata={"help": "Center-crop to a square and resize to this size (needed for mixed sizes)."}
+    )
+    random_crop_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train on random resized crops of this side (area 5-100 %, aspect 3/4-4/3, flips; "
+            "arcvq_hf.data.RandomCropDataset) and evaluate on the fixed multi-scale crops of photo_eval_dataset; "
+            "for sets of whole photos. Default: 32 for --dataset photos, off otherwise."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
@@ -212,12 +225,32 @@ def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, flo
     # Processor and dataset transform: images -> pixel_values in [-1, 1], sides a multiple of the token size.
     processor = ArcVQImageProcessor(num_channels=config.num_channels, size_divisor=config.downsampling_factor)
     transform = pixel_values_transform(processor, data_args.image_column, data_args.image_size)
-    train_dataset = train_dataset.with_transform(transform)
-    eval_dataset = eval_dataset.with_transform(transform)
+    crop_size = data_args.random_crop_size or (PHOTO_CROP_SIZE if data_args.dataset == "photos" else None)
+    if crop_size:
+        # Whole photos: fresh random crops for every sample of the run (nothing repeats), fixed crops to evaluate.
+        samples = training_args.max_steps * training_args.per_device_train_batch_size * training_args.world_size
+        train_dataset = RandomCropDataset(
+            train_dataset.cast_column(data_args.image_column, ImageFeature()),
+            crop_size,
+            length=max(samples, 1),
+            transform=transform,
+            seed=training_args.seed,
+            image_column=data_args.image_column,
+        )
+        eval_dataset = photo_eval_dataset(
+            eval_dataset.cast_column(data_args.image_column, ImageFeature()),
+            crop_size,
+            image_column=data_args.image_column,
+        ).with_transform(pixel_values_transform(processor))
+        variance_sample = torch.stack([train_dataset[i]["pixel_values"] for i in range(min(len(train_dataset), 2048))])
+    else:
+        train_dataset = train_dataset.with_transform(transform)
+        eval_dataset = eval_dataset.with_transform(transform)
+        variance_sample = train_dataset
     if model_args.data_variance is not None:
         config.data_variance = model_args.data_variance
     elif not finetune_from:
-        config.data_variance = pixel_variance(train_dataset)
+        config.data_variance = pixel_variance(variance_sample)
 
     # Model
     if finetune_from:

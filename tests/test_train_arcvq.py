@@ -260,3 +260,27 @@ def test_bf16_and_channels_last_train_and_save_a_float32_model(example, digit_da
     assert all(tensor.dtype == torch.float32 for tensor in weights.values() if tensor.is_floating_point())
     model = ArcVQModel.from_pretrained(output_dir).eval()
     assert np.isfinite(_reference_metrics(output_dir)["psnr"]) and model.codebook.dtype == torch.float32
+
+
+def test_random_crop_training_on_whole_photos_evaluates_on_the_fixed_crops(example, tmp_path):
+    """--random_crop_size: whole photos in, random resized crops to train, photo_eval_dataset's crops to evaluate."""
+    from datasets import Dataset, DatasetDict
+    from datasets import Image as ImageFeature
+
+    from arcvq_hf.data import photo_eval_dataset
+
+    rng = np.random.RandomState(0)
+
+    def photos(count: int) -> Dataset:
+        images = [PIL.Image.fromarray(rng.randint(0, 256, (72, 96, 3), dtype=np.uint8)) for _ in range(count)]
+        return Dataset.from_dict({"image": images}).cast_column("image", ImageFeature())
+
+    corpus = DatasetDict(train=photos(3), test=photos(2))
+    corpus.save_to_disk(tmp_path / "corpus")
+    output_dir = tmp_path / "crops"
+    _, metrics = example.main(_arguments(tmp_path / "corpus", output_dir, "--random_crop_size", "16"))
+    expected_crops = len(photo_eval_dataset(corpus["test"], 16))
+    assert metrics["eval_num_images"] == expected_crops > 2
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert ArcVQImageProcessor.from_pretrained(output_dir).num_channels == 3
