@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,133 +13,9 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .backbones_arcvq import VQVAEDecoder, VQVAEEncoder, build_vqgan_decoder, build_vqgan_encoder
 from .configuration_arcvq import ArcVQConfig
 from .quantization import SphericalAngularMarginQuantizer, init_codebook_
-
-# ----------------------------------------------------------------------------------------------------------------
-# Blocks of the paper's small VQ-VAE (SPEC.md §1): x4 down/up-sampling, residual stack of ReLU-3x3-ReLU-1x1.
-# Convolutions inside residual blocks carry no bias, as in the reference implementation.
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class VQVAEResidualLayer(nn.Module):
-    """x + Conv1x1(ReLU(Conv3x3(ReLU(x)))); shape-preserving (B, hidden, h, w)."""
-
-    def __init__(self, hidden_size: int, residual_hidden_size: int) -> None:
-        super().__init__()
-        self.block = nn.Sequential(
-            nn.ReLU(),
-            nn.Conv2d(hidden_size, residual_hidden_size, kernel_size=3, padding=1, bias=False),
-            nn.ReLU(),
-            nn.Conv2d(residual_hidden_size, hidden_size, kernel_size=1, bias=False),
-        )
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states + self.block(hidden_states)
-
-
-class VQVAEResidualStack(nn.Module):
-    """`num_layers` residual layers followed by a ReLU."""
-
-    def __init__(self, hidden_size: int, residual_hidden_size: int, num_layers: int) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(VQVAEResidualLayer(hidden_size, residual_hidden_size) for _ in range(num_layers))
-        self.gradient_checkpointing = False
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            if self.gradient_checkpointing and self.training:
-                hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states)
-            else:
-                hidden_states = layer(hidden_states)
-        return F.relu(hidden_states)
-
-
-class VQVAEEncoder(nn.Module):
-    """(B, C, H, W) -> (B, hidden, H/4, W/4)."""
-
-    def __init__(self, config: ArcVQConfig) -> None:
-        super().__init__()
-        hidden = config.hidden_size
-        self.conv_1 = nn.Conv2d(config.num_channels, hidden // 2, kernel_size=4, stride=2, padding=1)
-        self.conv_2 = nn.Conv2d(hidden // 2, hidden, kernel_size=4, stride=2, padding=1)
-        self.conv_3 = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
-        self.residual_stack = VQVAEResidualStack(hidden, config.residual_hidden_size, config.num_residual_layers)
-        self.out_channels = hidden
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden_states = F.relu(self.conv_1(pixel_values))
-        hidden_states = F.relu(self.conv_2(hidden_states))
-        return self.residual_stack(self.conv_3(hidden_states))
-
-
-class VQVAEDecoder(nn.Module):
-    """(B, D, h, w) -> (B, C, 4h, 4w)."""
-
-    def __init__(self, config: ArcVQConfig) -> None:
-        super().__init__()
-        hidden = config.hidden_size
-        self.conv_1 = nn.Conv2d(config.codebook_dim, hidden, kernel_size=3, padding=1)
-        self.residual_stack = VQVAEResidualStack(hidden, config.residual_hidden_size, config.num_residual_layers)
-        self.conv_trans_1 = nn.ConvTranspose2d(hidden, hidden // 2, kernel_size=4, stride=2, padding=1)
-        self.conv_trans_2 = nn.ConvTranspose2d(hidden // 2, config.num_channels, kernel_size=4, stride=2, padding=1)
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.residual_stack(self.conv_1(codes))
-        hidden_states = F.relu(self.conv_trans_1(hidden_states))
-        return self.conv_trans_2(hidden_states)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# VQGAN-class blocks: diffusers' Encoder / Decoder, so that a diffusers VQModel export is a key rename.
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def vqgan_block_types(config: ArcVQConfig) -> tuple[list[str], list[str]]:
-    """diffusers down/up block types; attention in the lowest-resolution level when configured."""
-    levels = len(config.channel_multipliers)
-    lowest_down = "AttnDownEncoderBlock2D" if config.attention_at_lowest_resolution else "DownEncoderBlock2D"
-    lowest_up = "AttnUpDecoderBlock2D" if config.attention_at_lowest_resolution else "UpDecoderBlock2D"
-    return ["DownEncoderBlock2D"] * (levels - 1) + [lowest_down], [lowest_up] + ["UpDecoderBlock2D"] * (levels - 1)
-
-
-def build_vqgan_encoder(config: ArcVQConfig) -> nn.Module:
-    """(B, C, H, W) -> (B, latent_channels, H/f, W/f) with f = 2^(levels-1)."""
-    from diffusers.models.autoencoders.vae import Encoder
-
-    down_types, _ = vqgan_block_types(config)
-    encoder = Encoder(
-        in_channels=config.num_channels,
-        out_channels=config.latent_channels,
-        down_block_types=tuple(down_types),
-        block_out_channels=tuple(config.base_channels * m for m in config.channel_multipliers),
-        layers_per_block=config.layers_per_block,
-        norm_num_groups=config.norm_num_groups,
-        act_fn="silu",
-        double_z=False,
-        mid_block_add_attention=True,
-    )
-    encoder.out_channels = config.latent_channels
-    return encoder
-
-
-def build_vqgan_decoder(config: ArcVQConfig) -> nn.Module:
-    """(B, latent_channels, h, w) -> (B, C, h*f, w*f)."""
-    from diffusers.models.autoencoders.vae import Decoder
-
-    _, up_types = vqgan_block_types(config)
-    return Decoder(
-        in_channels=config.latent_channels,
-        out_channels=config.num_channels,
-        up_block_types=tuple(up_types),
-        block_out_channels=tuple(config.base_channels * m for m in config.channel_multipliers),
-        layers_per_block=config.layers_per_block,
-        norm_num_groups=config.norm_num_groups,
-        act_fn="silu",
-        norm_type="group",
-        mid_block_add_attention=True,
-    )
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # The model
@@ -154,31 +29,35 @@ class ArcVQPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
 
+    # The step buffer is the only entry a checkpoint may lack: without it the schedules start at step 0.
+    _keys_allowed_missing = ("quantizer.step",)
+
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
-        """`PreTrainedModel.from_pretrained`, but safetensors only (no pickle is ever opened) and with clear errors
-        when a folder holds only a pickled checkpoint or its codebook disagrees with the config."""
-        kwargs.setdefault("use_safetensors", True)
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        except OSError as err:
-            folder = str(pretrained_model_name_or_path)
-            if os.path.isdir(folder) and not any(name.endswith(".safetensors") for name in os.listdir(folder)):
-                raise OSError(
-                    f"{folder} holds no .safetensors weights. ArcVQ loads weights from safetensors only and never "
-                    "unpickles a checkpoint (pytorch_model.bin can run arbitrary code). Convert it where you trust "
-                    "it, e.g. with torch.load(path, weights_only=True) and safetensors.torch.save_file."
-                ) from err
-            raise
-        except RuntimeError as err:
-            if "mismatched" not in str(err):
-                raise
+    def _finalize_model_loading(cls, model: nn.Module, load_config: Any, loading_info: Any) -> Any:
+        """Refuse, before transformers re-initialises anything, a checkpoint that does not fill the model.
+
+        transformers would load a file that lacks a tensor (even the codebook) with random values and a log line, and
+        reports a shape mismatch with a pointer to its log. A tokenizer with random weights gives meaningless
+        tokens, so both are errors here that name the tensors, their shapes and the config values behind them.
+        """
+        missing = sorted(set(loading_info.missing_keys) - set(cls._keys_allowed_missing))
+        mismatched = [] if load_config.ignore_mismatched_sizes else sorted(loading_info.mismatched_keys)
+        if missing or mismatched:
+            source = load_config.pretrained_model_name_or_path
+            problems = []
+            if missing:
+                problems.append(f"it lacks {missing}")
+            for key, saved_shape, model_shape in mismatched:
+                problems.append(f"{key} is {tuple(saved_shape)} in the file but {tuple(model_shape)} for this config")
+            config = model.config
             raise ValueError(
-                f"The weights in {pretrained_model_name_or_path} do not fit the config: "
-                f"{_checkpoint_codebook_note(pretrained_model_name_or_path, kwargs.get('config'), kwargs)}"
-                "Load without overriding codebook_size / codebook_dim, or pass ignore_mismatched_sizes=True to "
-                "re-initialise the mismatched tensors."
-            ) from err
+                f"The weights in {source} do not fit the model: {'; '.join(problems)}. The config builds "
+                f"codebook_size={config.codebook_size}, codebook_dim={config.codebook_dim}, "
+                f"hidden_size={config.hidden_size}, num_channels={config.num_channels} (backbone {config.backbone}). "
+                "Load without overriding the config, or pass ignore_mismatched_sizes=True to re-initialise "
+                "mismatched tensors."
+            )
+        return super()._finalize_model_loading(model, load_config, loading_info)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -199,25 +78,6 @@ class ArcVQPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.GroupNorm | nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-
-
-def _checkpoint_codebook_note(folder: str | os.PathLike, config: Any, overrides: dict[str, Any]) -> str:
-    """Say how a local checkpoint's codebook shape differs from the requested one (best effort)."""
-    weights = os.path.join(str(folder), "model.safetensors")
-    if not os.path.isfile(weights):
-        return "tensor shapes differ (see the load report above). "
-    from safetensors import safe_open
-
-    with safe_open(weights, framework="pt") as handle:
-        if "quantizer.embedding.weight" not in handle.keys():
-            return "tensor shapes differ (see the load report above). "
-        saved = tuple(handle.get_slice("quantizer.embedding.weight").get_shape())
-    wanted_size = overrides.get("codebook_size", getattr(config, "codebook_size", saved[0]))
-    wanted_dim = overrides.get("codebook_dim", getattr(config, "codebook_dim", saved[1]))
-    return (
-        f"the checkpoint's codebook has K={saved[0]} codes of dim {saved[1]}, the config asks for "
-        f"codebook_size={wanted_size}, codebook_dim={wanted_dim}. "
-    )
 
 
 @dataclass
@@ -289,23 +149,7 @@ class ArcVQModel(ArcVQPreTrainedModel):
             self.decoder = build_vqgan_decoder(config)
             self.post_quant_conv = nn.Conv2d(config.codebook_dim, config.latent_channels, kernel_size=1)
         self.quant_conv = nn.Conv2d(self.encoder.out_channels, config.codebook_dim, kernel_size=1)
-        self.quantizer = SphericalAngularMarginQuantizer(
-            codebook_size=config.codebook_size,
-            codebook_dim=config.codebook_dim,
-            distance=config.distance,
-            codebook_init=config.codebook_init,
-            commitment_cost=config.commitment_cost,
-            legacy_beta_placement=config.legacy_beta_placement,
-            use_ball_bound=config.use_ball_bound,
-            ball_growth_rate=config.ball_growth_rate,
-            use_arc_margin=config.use_arc_margin,
-            arc_scale=config.arc_scale,
-            arc_margin=config.arc_margin,
-            arc_top_k=config.arc_top_k,
-            arc_weight=config.arc_weight,
-            arc_weight_decay=config.arc_weight_decay,
-            chunk_elements=config.quantizer_chunk_elements,
-        )
+        self.quantizer = SphericalAngularMarginQuantizer(config)
         self.post_init()
 
     # ----- schedules -------------------------------------------------------------------------------------------
@@ -324,26 +168,13 @@ class ArcVQModel(ArcVQPreTrainedModel):
         """(K, D) raw code vectors."""
         return self.quantizer.embedding.weight
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.quantizer.embedding
-
-    def to_diffusers(self) -> nn.Module:
-        """This vqgan-backbone model as a `diffusers.VQModel` (see `arcvq_hf.diffusers_export.to_diffusers`).
-
-        Needs the `arcvq_hf` package installed (the export code does not travel with saved checkpoints).
-        """
-        # Inside try so that transformers' remote-code import check does not require arcvq_hf.
-        try:
-            from arcvq_hf.diffusers_export import to_diffusers
-        except ImportError as err:
-            raise ImportError(
-                "ArcVQModel.to_diffusers() needs the arcvq_hf package (pip install arcvq-hf); the export code is not "
-                "shipped with checkpoints loaded through trust_remote_code."
-            ) from err
-        return to_diffusers(self)
-
     # ----- input checks ----------------------------------------------------------------------------------------
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+    # Normalised pixels stay within a few units of 0 for any sane image_mean / image_std; 0..255 data does not.
+    _max_abs_pixel_value = 8.0
+
+    def _prepare_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Check pixel_values (B, C, H, W) and cast another floating dtype to the model's (float64 / float16
+        inputs to a float32 model, say); raises a clear error for anything the model cannot take."""
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
         if pixel_values.ndim != 4:
@@ -365,9 +196,21 @@ class ArcVQModel(ArcVQPreTrainedModel):
                 f"got {height}x{width}; resize, crop or pad first (ArcVQImageProcessor does)."
             )
         if not pixel_values.is_floating_point():
-            raise TypeError(f"pixel_values must be a floating-point tensor in [-1, 1], got dtype {pixel_values.dtype}.")
-        if not torch.isfinite(pixel_values).all():
+            raise TypeError(
+                f"pixel_values must be a floating-point tensor of normalised pixels (ArcVQImageProcessor gives "
+                f"[-1, 1]), got dtype {pixel_values.dtype}; pass the images through the processor."
+            )
+        # One reduction, one host read: NaN / Inf and 0..255 data are both caught by the largest magnitude.
+        largest = float(pixel_values.detach().abs().amax())
+        if not math.isfinite(largest):
             raise ValueError("pixel_values contains NaN or Inf values.")
+        if largest > self._max_abs_pixel_value:
+            raise ValueError(
+                f"pixel_values reach magnitude {largest:.4g}, which looks like 0..255 pixel data; the model expects "
+                "normalised pixels (ArcVQImageProcessor maps images to [-1, 1]): use processor(images).pixel_values "
+                "or (x / 255 - 0.5) / 0.5."
+            )
+        return pixel_values.to(self.codebook.dtype)
 
     def _check_image_tokens(self, image_tokens: torch.Tensor, latent_shape: tuple[int, int] | None) -> torch.Tensor:
         if not isinstance(image_tokens, torch.Tensor):
@@ -409,10 +252,14 @@ class ArcVQModel(ArcVQPreTrainedModel):
         return self.decoder(self.post_quant_conv(quantized_latents))
 
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> ArcVQEncoderOutput | tuple:
-        """pixel_values (B, C, H, W) in [-1, 1] -> image_tokens (B, H/f, W/f) and latents (B, D, H/f, W/f)."""
-        self._check_pixel_values(pixel_values)
+        """pixel_values (B, C, H, W) in [-1, 1] -> image_tokens (B, H/f, W/f) and latents (B, D, H/f, W/f).
+
+        Another floating dtype is cast to the model's; integer or 0..255 pixels are refused with a clear error.
+        """
+        pixel_values = self._prepare_pixel_values(pixel_values)
         latents = self._latents(pixel_values)
-        quantized = self.quantizer(latents, compute_loss=True)
+        # The arc loss only trains the encoder: encode() has no use for it.
+        quantized = self.quantizer(latents, compute_vq_loss=True, compute_arc_loss=False)
         output = ArcVQEncoderOutput(
             image_tokens=quantized.indices,
             latents=latents,
@@ -443,9 +290,9 @@ class ArcVQModel(ArcVQPreTrainedModel):
 
         In training mode the quantizer first projects the codebook into the ball of radius R(step).
         """
-        self._check_pixel_values(pixel_values)
+        pixel_values = self._prepare_pixel_values(pixel_values)
         latents = self._latents(pixel_values)
-        quantized = self.quantizer(latents, compute_loss=return_loss)
+        quantized = self.quantizer(latents, compute_vq_loss=return_loss, compute_arc_loss=return_loss)
         reconstruction = self.decode_latents(quantized.quantized)
         # Schedules as device tensors: reading the step buffer on the host would sync a GPU every forward.
         ball_radius, arc_weight = self.quantizer.schedule_tensors()

@@ -94,6 +94,78 @@ def to_unit_array(image: Any) -> np.ndarray:
     return unit
 
 
+def _image_height_width(image: Any) -> tuple[int, int]:
+    """(height, width) of a PIL image (header only, nothing decoded) or of an array in any accepted layout."""
+    if isinstance(image, PIL.Image.Image):
+        return image.height, image.width
+    shape = tuple(image.shape) if isinstance(image, np.ndarray | torch.Tensor) else ()
+    if len(shape) == 3 and shape[-1] not in (1, 3, 4) and shape[0] in (1, 3, 4):
+        return shape[1], shape[2]
+    if len(shape) in (2, 3):
+        return shape[0], shape[1]
+    # Anything else is reported by to_unit_array with its own message.
+    return 0, 0
+
+
+# The model's pixel convention, defined here only: pixel_values = (unit - mean) / std per channel, unit in [0, 1].
+# The defaults (mean 0.5, std 0.5) give pixel_values in [-1, 1].
+DEFAULT_IMAGE_MEAN = 0.5
+DEFAULT_IMAGE_STD = 0.5
+
+
+def _per_channel(values: Any, default: float, like: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Per-channel constants shaped (C, 1, 1) (or (1, 1, 1) for one shared value), float32, like `like`."""
+    array = np.asarray(default if values is None else values, dtype=np.float32).reshape(-1, 1, 1)
+    return torch.as_tensor(array, device=like.device) if isinstance(like, torch.Tensor) else array
+
+
+def to_unit_range(
+    pixel_values: np.ndarray | torch.Tensor,
+    image_mean: Any = None,
+    image_std: Any = None,
+    clip: bool = True,
+) -> np.ndarray | torch.Tensor:
+    """Model-space pixels (..., C, H, W) -> [0, 1]: x * std + mean per channel (default 0.5 / 0.5, i.e.
+    [-1, 1] -> [0, 1]), clipped to [0, 1] unless `clip=False` (e.g. inside a loss, where clipping would stop
+    gradients). A torch tensor comes back as float32 on its device, a numpy array as numpy."""
+    mean = _per_channel(image_mean, DEFAULT_IMAGE_MEAN, pixel_values)
+    std = _per_channel(image_std, DEFAULT_IMAGE_STD, pixel_values)
+    if isinstance(pixel_values, torch.Tensor):
+        unit = pixel_values.float() * std + mean
+        return unit.clamp(0.0, 1.0) if clip else unit
+    unit = pixel_values * std + mean
+    return np.clip(unit, 0.0, 1.0) if clip else unit
+
+
+def from_unit_range(
+    unit: np.ndarray | torch.Tensor, image_mean: Any = None, image_std: Any = None
+) -> np.ndarray | torch.Tensor:
+    """Pixels in [0, 1] (..., C, H, W) -> model space: (x - mean) / std per channel (default 0.5 / 0.5, i.e.
+    [0, 1] -> [-1, 1]). A torch tensor comes back as float32 on its device, a numpy array as numpy."""
+    mean = _per_channel(image_mean, DEFAULT_IMAGE_MEAN, unit)
+    std = _per_channel(image_std, DEFAULT_IMAGE_STD, unit)
+    if isinstance(unit, torch.Tensor):
+        return (unit.float() - mean) / std
+    return (unit - mean) / std
+
+
+# PIL modes holding one grey channel (with or without alpha); every other mode counts as colour.
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def image_num_channels(image: Any) -> int:
+    """1 for a grey image (a PIL image in GREY_MODES, a 2-D array, or an (H, W, 1) / (1, H, W) array), else 3."""
+    if isinstance(image, PIL.Image.Image):
+        return 1 if image.mode in GREY_MODES else 3
+    shape = tuple(np.shape(image))
+    if len(shape) == 2:
+        return 1
+    if len(shape) == 3:
+        channels = shape[-1] if shape[-1] in (1, 3, 4) else shape[0]
+        return 1 if channels == 1 else 3
+    raise ValueError(f"An image must be a PIL image or an array of 2 or 3 dimensions, got shape {shape}.")
+
+
 def convert_channels(unit: np.ndarray, num_channels: int) -> np.ndarray:
     """(H, W, 1|3) -> (H, W, num_channels): grey is repeated, colour is reduced to luma."""
     if unit.shape[-1] == num_channels:
@@ -145,6 +217,9 @@ class ArcVQImageProcessor(BaseImageProcessor):
         do_resize (`bool`, False) / size (`dict`, None): resize to `{"height", "width"}` or, with
             `{"shortest_edge": n}`, so that the shorter side is n (aspect kept).
         max_side (`int`, None): downscale (aspect kept) any image whose longer side exceeds this.
+        max_pixels (`int`, 4096 * 4096): refuse an image that would come out larger than this many pixels (after
+            any resize), before decoding it: an 8000x8000 photo would otherwise become a 768 MB tensor and run the
+            encoder out of memory. Set `max_side` to downscale large photos instead, or None to lift the guard.
         resample (`str`, `"bicubic"`): one of nearest, bilinear, bicubic, lanczos, box.
         size_divisor (`int`, 4): height and width are made multiples of this (the model's downsampling factor).
         divisor_mode (`str`, `"crop"`): `"crop"` (center crop) or `"pad"` (edge padding) to reach the multiple.
@@ -160,6 +235,7 @@ class ArcVQImageProcessor(BaseImageProcessor):
         do_resize: bool = False,
         size: dict[str, int] | None = None,
         max_side: int | None = None,
+        max_pixels: int | None = 4096 * 4096,
         resample: str = "bicubic",
         size_divisor: int = 4,
         divisor_mode: str = "crop",
@@ -172,6 +248,7 @@ class ArcVQImageProcessor(BaseImageProcessor):
         self.do_resize = do_resize
         self.size = dict(size) if size is not None else None
         self.max_side = max_side
+        self.max_pixels = max_pixels
         self.resample = resample
         self.size_divisor = size_divisor
         self.divisor_mode = divisor_mode
@@ -195,8 +272,9 @@ class ArcVQImageProcessor(BaseImageProcessor):
                 raise ValueError(f"do_resize needs size={{'height', 'width'}} or {{'shortest_edge'}}, got {size!r}.")
             if any(not isinstance(v, int) or v < 1 for v in size.values()):
                 raise ValueError(f"size values must be integers >= 1, got {size!r}.")
-        if settings["max_side"] is not None and (not isinstance(settings["max_side"], int) or settings["max_side"] < 1):
-            raise ValueError(f"max_side must be None or an integer >= 1, got {settings['max_side']!r}.")
+        for name in ("max_side", "max_pixels"):
+            if settings[name] is not None and (not isinstance(settings[name], int) or settings[name] < 1):
+                raise ValueError(f"{name} must be None or an integer >= 1, got {settings[name]!r}.")
         for name in ("image_mean", "image_std"):
             if len(settings[name]) != settings["num_channels"]:
                 raise ValueError(f"{name} needs {settings['num_channels']} values, got {settings[name]!r}.")
@@ -217,9 +295,24 @@ class ArcVQImageProcessor(BaseImageProcessor):
             height, width = max(1, round(height * scale)), max(1, round(width * scale))
         return height, width
 
+    def _check_output_size(self, image: Any, settings: dict[str, Any]) -> None:
+        """Refuse, from its header size alone, an image whose output would exceed `max_pixels`."""
+        if settings["max_pixels"] is None:
+            return
+        height, width = _image_height_width(image)
+        out_height, out_width = self._target_size(height, width, settings)
+        if out_height * out_width > settings["max_pixels"]:
+            raise ValueError(
+                f"The image is {width}x{height} pixels and would be processed at {out_width}x{out_height} "
+                f"({out_width * out_height / 1e6:.1f} MP), over max_pixels={settings['max_pixels']} "
+                f"({settings['max_pixels'] / 1e6:.1f} MP). Downscale it with max_side=... (e.g. "
+                "processor(image, max_side=1024)) or size=..., or raise max_pixels."
+            )
+
     def preprocess_one(self, image: Any, **overrides: Any) -> np.ndarray:
         """One image -> float32 (C, H, W) normalised array."""
         settings = {**self.__dict__, **overrides}
+        self._check_output_size(image, settings)
         unit = convert_channels(to_unit_array(image), settings["num_channels"])
         height, width = self._target_size(unit.shape[0], unit.shape[1], settings)
         unit = _resize(unit, height, width, settings["resample"])
@@ -281,13 +374,21 @@ class ArcVQImageProcessor(BaseImageProcessor):
 
     def to_unit_range(self, pixel_values: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Undo normalisation: (B, C, H, W) model-space -> [0, 1], clipped. Keeps the input's array type."""
-        mean = np.asarray(self.image_mean, dtype=np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(self.image_std, dtype=np.float32).reshape(1, -1, 1, 1)
-        if isinstance(pixel_values, torch.Tensor):
-            mean_t = torch.as_tensor(mean, device=pixel_values.device)
-            std_t = torch.as_tensor(std, device=pixel_values.device)
-            return (pixel_values.float() * std_t + mean_t).clamp(0.0, 1.0)
-        return np.clip(pixel_values * std + mean, 0.0, 1.0)
+        return to_unit_range(pixel_values, self.image_mean, self.image_std)
+
+    def from_unit_range(self, unit: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Apply the normalisation: (B, C, H, W) pixels in [0, 1] -> model space. Keeps the input's array type."""
+        return from_unit_range(unit, self.image_mean, self.image_std)
 
 
-__all__ = ["ArcVQImageProcessor", "convert_channels", "to_unit_array"]
+__all__ = [
+    "DEFAULT_IMAGE_MEAN",
+    "DEFAULT_IMAGE_STD",
+    "GREY_MODES",
+    "ArcVQImageProcessor",
+    "convert_channels",
+    "from_unit_range",
+    "image_num_channels",
+    "to_unit_array",
+    "to_unit_range",
+]

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration_arcvq import ArcVQConfig
+
 # Exponents above this overflow float32; radii and weights saturate instead.
 _MAX_EXPONENT = 80.0
 # Floor on sin(theta) in the margin's derivative: d cos(theta + m) / d cos(theta) has a 1 / sin(theta) term.
@@ -252,10 +254,12 @@ def arc_margin_loss(
     """
     if latents.shape[0] == 0:
         raise ValueError("arc_margin_loss needs at least one latent vector, got an empty batch.")
-    latents_unit = F.normalize(latents.float(), dim=1)
-    codes_unit = F.normalize(codebook.detach().float(), dim=1)
     top_k = min(top_k, latents.shape[0])
-    return _ChunkedArcMarginLoss.apply(latents_unit, codes_unit, top_k, float(scale), float(margin), max_elements)
+    # Cosines near 1 and the top-k choice need float32: under bf16 / fp16 autocast the loss still runs in float32.
+    with torch.autocast(device_type=latents.device.type, enabled=False):
+        latents_unit = F.normalize(latents.float(), dim=1)
+        codes_unit = F.normalize(codebook.detach().float(), dim=1)
+        return _ChunkedArcMarginLoss.apply(latents_unit, codes_unit, top_k, float(scale), float(margin), max_elements)
 
 
 def dense_arc_margin_loss(
@@ -300,41 +304,25 @@ class SphericalAngularMarginQuantizer(nn.Module):
     schedules instead of restarting them.
     """
 
-    def __init__(
-        self,
-        codebook_size: int = 512,
-        codebook_dim: int = 64,
-        distance: str = "cosine",
-        codebook_init: str = "uniform_normalized",
-        commitment_cost: float = 0.25,
-        legacy_beta_placement: bool = False,
-        use_ball_bound: bool = True,
-        ball_growth_rate: float = 3e-4,
-        use_arc_margin: bool = True,
-        arc_scale: float = 5.0,
-        arc_margin: float = 0.1,
-        arc_top_k: int = 3,
-        arc_weight: float = 1.0,
-        arc_weight_decay: float = 5e-4,
-        chunk_elements: int = 2**22,
-    ) -> None:
+    def __init__(self, config: ArcVQConfig) -> None:
         super().__init__()
-        self.codebook_size = codebook_size
-        self.codebook_dim = codebook_dim
-        self.distance = distance
-        self.codebook_init = codebook_init
-        self.commitment_cost = commitment_cost
-        self.legacy_beta_placement = legacy_beta_placement
-        self.use_ball_bound = use_ball_bound
-        self.ball_growth_rate = ball_growth_rate
-        self.use_arc_margin = use_arc_margin
-        self.arc_scale = arc_scale
-        self.arc_margin = arc_margin
-        self.arc_top_k = arc_top_k
-        self.arc_weight = arc_weight
-        self.arc_weight_decay = arc_weight_decay
-        self.chunk_elements = chunk_elements
-        self.embedding = nn.Embedding(codebook_size, codebook_dim)
+        # Every setting is read from the config, so the quantizer can never disagree with it.
+        self.codebook_size = config.codebook_size
+        self.codebook_dim = config.codebook_dim
+        self.distance = config.distance
+        self.codebook_init = config.codebook_init
+        self.commitment_cost = config.commitment_cost
+        self.legacy_beta_placement = config.legacy_beta_placement
+        self.use_ball_bound = config.use_ball_bound
+        self.ball_growth_rate = config.ball_growth_rate
+        self.use_arc_margin = config.use_arc_margin
+        self.arc_scale = config.arc_scale
+        self.arc_margin = config.arc_margin
+        self.arc_top_k = config.arc_top_k
+        self.arc_weight = config.arc_weight
+        self.arc_weight_decay = config.arc_weight_decay
+        self.chunk_elements = config.quantizer_chunk_elements
+        self.embedding = nn.Embedding(config.codebook_size, config.codebook_dim)
         self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=True)
 
     @property
@@ -368,8 +356,13 @@ class SphericalAngularMarginQuantizer(nn.Module):
         """(...,) ids -> (..., D) raw code vectors, exactly what the decoder consumes."""
         return self.embedding(indices)
 
-    def forward(self, latents: torch.Tensor, compute_loss: bool = True) -> QuantizerOutput:
-        """latents (B, D, h, w) -> QuantizerOutput. Applies the ball bound first when training."""
+    def forward(
+        self, latents: torch.Tensor, compute_vq_loss: bool = True, compute_arc_loss: bool = True
+    ) -> QuantizerOutput:
+        """latents (B, D, h, w) -> QuantizerOutput. Applies the ball bound first when training.
+
+        `compute_arc_loss` is ignored when the config switches the arc loss off.
+        """
         if self.training and self.use_ball_bound:
             self.apply_ball_bound()
         batch, dim, height, width = latents.shape
@@ -378,17 +371,17 @@ class SphericalAngularMarginQuantizer(nn.Module):
         codes = self.embedding(indices)
         flat_f32 = flat.float()
         output = QuantizerOutput(quantized=latents, indices=indices.view(batch, height, width))
-        if compute_loss:
+        if compute_vq_loss:
             output.vq_loss, _ = vq_loss(flat_f32, codes.float(), self.commitment_cost, self.legacy_beta_placement)
-            if self.use_arc_margin:
-                output.arc_loss = arc_margin_loss(
-                    flat_f32,
-                    self.embedding.weight,
-                    self.arc_scale,
-                    self.arc_margin,
-                    self.arc_top_k,
-                    self.chunk_elements,
-                )
+        if compute_arc_loss and self.use_arc_margin:
+            output.arc_loss = arc_margin_loss(
+                flat_f32,
+                self.embedding.weight,
+                self.arc_scale,
+                self.arc_margin,
+                self.arc_top_k,
+                self.chunk_elements,
+            )
         # Straight-through estimator written as e + (z - sg(z)): the value is exactly e (z - z == 0), the gradient
         # with respect to z is the identity.
         straight_through = codes.detach().to(flat.dtype) + (flat - flat.detach())
