@@ -65,18 +65,19 @@ class ShippedCheckpoint:
                 return directory / self.folder_name
         return None
 
-    def train_command(self) -> str:
+    def train_command(self, output_dir: str | None = None) -> str:
+        """The short form of the command in the checkpoint's card (which also gives its steps and batch size)."""
         return (
             f"python examples/train_arcvq.py --dataset {self.dataset} --preset {self.preset} "
-            f"--output_dir checkpoints/{self.folder_name}"
+            f"--output_dir {output_dir or 'checkpoints/' + self.folder_name}"
         )
 
 
 SHIPPED_CHECKPOINTS = (
-    ShippedCheckpoint("arcvq-hf/vq-vae-photos", "photos", "vq-baseline"),
-    ShippedCheckpoint("arcvq-hf/arcvq-vae-photos", "photos", "arcvq"),
-    ShippedCheckpoint("arcvq-hf/vq-vae-mnist", "mnist", "vq-baseline"),
-    ShippedCheckpoint("arcvq-hf/arcvq-vae-mnist", "mnist", "arcvq"),
+    ShippedCheckpoint("arcvq-hf/vq-vae-photos", "skimage-photos", "vq-baseline"),
+    ShippedCheckpoint("arcvq-hf/arcvq-vae-photos", "skimage-photos", "arcvq"),
+    ShippedCheckpoint("arcvq-hf/vq-vae-mnist", "mnist-5k", "vq-baseline"),
+    ShippedCheckpoint("arcvq-hf/arcvq-vae-mnist", "mnist-5k", "arcvq"),
 )
 DEFAULT_CHECKPOINTS = {VQ_LABEL: "arcvq-hf/vq-vae-photos", ARCVQ_LABEL: "arcvq-hf/arcvq-vae-photos"}
 _SHIPPED_BY_ID = {shipped.hub_id: shipped for shipped in SHIPPED_CHECKPOINTS}
@@ -257,10 +258,7 @@ def load_default_models(catalog: CheckpointCatalog) -> tuple[dict[str, LoadedMod
             loaded[label] = catalog.load(name)
         except CheckpointError as error:
             if label in catalog.operator_choices:
-                preset = _SHIPPED_BY_ID[DEFAULT_CHECKPOINTS[label]].preset
-                raise CheckpointError(
-                    f"{error} Or train it: python examples/train_arcvq.py --dataset photos --preset {preset} "
-                    f"--output_dir {name}"
-                ) from error
+                shipped = _SHIPPED_BY_ID[DEFAULT_CHECKPOINTS[label]]
+                raise CheckpointError(f"{error} Or train it: {shipped.train_command(name)}") from error
             failures[label] = str(error)
     return loaded, failures

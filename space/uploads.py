@@ -47,13 +47,8 @@ class InputImageError(ValueError):
 
 def fitted_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     """(width, height) after the processor's `max_side` downscale (aspect kept, never enlarged), before the
-    downsampling-factor crop.
-
-    Thin call into `ArcVQImageProcessor._target_size` until the processor offers this rule publicly (asked for):
-    the demo must know the size before it decodes the file.
-    """
-    settings = {"do_resize": False, "size": None, "max_side": max_side}
-    fitted_height, fitted_width = _GEOMETRY._target_size(height, width, settings)
+    downsampling-factor crop; the demo must know the size before it decodes the file."""
+    fitted_height, fitted_width = _GEOMETRY.output_size(height, width, do_resize=False, size=None, max_side=max_side)
     return fitted_width, fitted_height
 
 

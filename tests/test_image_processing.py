@@ -153,3 +153,17 @@ def test_the_default_guard_refuses_an_8000_pixel_photo_before_decoding():
     assert processor.max_pixels == 4096 * 4096
     with pytest.raises(ValueError, match="8000x8000 pixels"):
         processor(PIL.Image.new("L", (8000, 8000)))
+
+
+def test_output_size_is_the_size_preprocess_produces_before_the_divisor_fit():
+    processor = ArcVQImageProcessor(size_divisor=1)
+    for size, overrides in [
+        ((300, 200), {"max_side": 64}),
+        ((50, 40), {}),
+        ((90, 60), {"do_resize": True, "size": {"shortest_edge": 30}}),
+    ]:
+        height, width = processor.output_size(*size, **overrides)
+        image = PIL.Image.new("RGB", (size[1], size[0]))
+        assert processor(image, **overrides).pixel_values.shape[2:] == (height, width)
+    with pytest.raises(ValueError, match="max_side"):
+        processor.output_size(10, 10, max_side=0)

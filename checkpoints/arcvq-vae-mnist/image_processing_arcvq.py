@@ -281,6 +281,14 @@ class ArcVQImageProcessor(BaseImageProcessor):
         if any(s <= 0 for s in settings["image_std"]):
             raise ValueError(f"image_std values must be > 0, got {settings['image_std']!r}.")
 
+    def output_size(self, height: int, width: int, **overrides: Any) -> tuple[int, int]:
+        """(height, width) at which an image of this size is processed: `do_resize` / `size` and `max_side` applied,
+        before the `size_divisor` crop or pad; computed from the size alone, nothing is decoded. Any constructor
+        argument can be overridden, as in `preprocess`."""
+        settings = {**self.__dict__, **overrides}
+        self._validate_settings(settings)
+        return self._target_size(height, width, settings)
+
     def _target_size(self, height: int, width: int, settings: dict[str, Any]) -> tuple[int, int]:
         if settings["do_resize"]:
             size = settings["size"]
