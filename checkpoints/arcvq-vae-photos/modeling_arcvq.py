@@ -134,7 +134,7 @@ class ArcVQModel(ArcVQPreTrainedModel):
     """Encoder -> 1x1 quant conv -> SAMP quantizer -> post-quant conv -> decoder.
 
     The training step that drives the ball radius and the arc weight is `quantizer.step`, a persistent buffer:
-    call `set_training_step(step)` before each optimizer step (the Trainer callback in `arcvq_hf.training` does).
+    call `set_training_step(step)` before each optimizer step (the Trainer callback in `arcvq_hf.trainer` does).
     """
 
     def __init__(self, config: ArcVQConfig) -> None:
