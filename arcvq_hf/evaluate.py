@@ -2,6 +2,11 @@
 
     python -m arcvq_hf.evaluate checkpoints/arcvq-vae-mnist --dataset mnist-5k --perceptual
     python -m arcvq_hf.model_card checkpoints/arcvq-vae-mnist     # then re-card it from the new file
+    python -m arcvq_hf.evaluate checkpoints/arcvq-vae-photos --dataset photos --max_side 256 --output whole.json
+
+`--dataset photos` (the corpus of whole photos) is measured as the training example measures it: on the fixed
+multi-scale crops of `photo_eval_dataset` (`--crop_size`, default 32). `--max_side N` measures whole images instead,
+each downscaled by the folder's processor so that its longer side is at most N (as the Space does), one per batch.
 
 The evaluation is `ArcVQTrainer.evaluate`'s: `arcvq_hf.trainer.whole_set_metrics` (the one evaluation loop of
 `arcvq_hf.metrics`) over the whole split in one process, reported by `arcvq_hf.trainer.evaluation_report`. The
@@ -28,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import TrainerState
 
-from .data import load_image_dataset, train_eval_splits
+from .data import PHOTO_CROP_SIZE, load_image_dataset, photo_eval_dataset, train_eval_splits
 from .image_processing_arcvq import ArcVQImageProcessor
 from .io_utils import atomic_write_json
 from .modeling_arcvq import ArcVQModel
@@ -53,6 +58,8 @@ def evaluate_folder(
     max_eval_samples: int | None = None,
     perceptual: bool = False,
     device: str | None = None,
+    crop_size: int | None = None,
+    max_side: int | None = None,
 ) -> dict[str, float]:
     """Evaluate the model saved in `folder` as `ArcVQTrainer.evaluate` would, without writing anything.
 
@@ -66,6 +73,9 @@ def evaluate_folder(
         max_eval_samples: only the first N evaluation images.
         perceptual: add LPIPS and rFID.
         device: default `cuda` when available, else `cpu`.
+        crop_size: evaluate on `photo_eval_dataset`'s fixed crops of this side (default: PHOTO_CROP_SIZE for
+            `photos`, whole images otherwise).
+        max_side: evaluate whole images, downscaled by the processor to this longer side, one image per batch.
     Returns:
         the record `ArcVQTrainer.evaluate` returns (`eval_` keys, speed metrics and `epoch`: the training run's
         from the folder's trainer_state.json, else TrainerState's default 0).
@@ -76,9 +86,19 @@ def evaluate_folder(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = ArcVQModel.from_pretrained(folder).to(device)
     processor = ArcVQImageProcessor.from_pretrained(folder)
+    if crop_size is not None and max_side is not None:
+        raise ValueError("crop_size and max_side exclude each other: crops, or whole downscaled images.")
+    if crop_size is None and max_side is None and dataset == "photos":
+        crop_size = PHOTO_CROP_SIZE
     _, split = train_eval_splits(load_image_dataset(dataset), train_split, eval_split)
     if max_eval_samples is not None:
         split = split.select(range(min(max_eval_samples, len(split))))
+    if crop_size is not None:
+        split = photo_eval_dataset(split, crop_size, image_column=image_column)
+        image_column, image_size = "image", None
+    if max_side is not None:
+        # Whole images of different sizes: one per batch, downscaled as the Space's processor does.
+        processor.max_side, batch_size = max_side, 1
     split = lazy_image_decoding(split, image_column).with_transform(
         pixel_values_transform(processor, image_column, image_size)
     )
@@ -118,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--max_eval_samples", type=int, help="only the first N evaluation images")
     parser.add_argument("--perceptual", action="store_true", help="add LPIPS-alex and rFID")
     parser.add_argument("--device", help="default: cuda when available, else cpu")
+    parser.add_argument("--crop_size", type=int, help="fixed multi-scale crops of this side (default 32 for photos)")
+    parser.add_argument("--max_side", type=int, help="whole images downscaled to this longer side, one per batch")
+    parser.add_argument("--output", help="write the record here instead of the folder's eval_results.json")
     args = parser.parse_args(argv)
     report = evaluate_folder(
         args.folder,
@@ -130,11 +153,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         max_eval_samples=args.max_eval_samples,
         perceptual=args.perceptual,
         device=args.device,
+        crop_size=args.crop_size,
+        max_side=args.max_side,
     )
-    path = write_eval_results(args.folder, report)
+    if args.output:
+        path = atomic_write_json(Path(args.output), dict(sorted(report.items())), indent=4)
+    else:
+        path = write_eval_results(args.folder, report)
     shown = ("eval_psnr", "eval_ssim", "eval_codebook_utilization", "eval_lpips", "eval_rfid", "eval_rfid_num_images")
     print(", ".join(f"{key.removeprefix('eval_')} {report[key]:.4g}" for key in shown if key in report))
-    print(f"wrote {path}; re-card the folder with: python -m arcvq_hf.model_card {args.folder}")
+    print(f"wrote {path}" + ("" if args.output else f"; re-card it with: python -m arcvq_hf.model_card {args.folder}"))
     return report
 
 

@@ -276,6 +276,8 @@ class RandomCropDataset(TorchDataset):
 # Fixed crops for evaluation
 # ----------------------------------------------------------------------------------------------------------------
 
+# Side of the training and evaluation crops of `--dataset photos` (training example and `arcvq_hf.evaluate`).
+PHOTO_CROP_SIZE = 32
 EVAL_CROP_SCALES = (1.0, 0.5, 0.25)
 EVAL_CROP_GRID = 3
 
@@ -336,6 +338,7 @@ def photo_eval_dataset(
 
 
 __all__ = [
+    "PHOTO_CROP_SIZE",
     "PHOTO_CORPUS_BUILD_COMMAND",
     "PHOTO_CORPUS_DIR",
     "PHOTO_CORPUS_ENV",

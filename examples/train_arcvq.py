@@ -49,7 +49,14 @@ from datasets import Image as ImageFeature
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from arcvq_hf import PRESETS, ArcVQConfig, ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.data import BUILTIN_DATASETS, RandomCropDataset, load_image_dataset, photo_eval_dataset, train_eval_splits
+from arcvq_hf.data import (
+    BUILTIN_DATASETS,
+    PHOTO_CROP_SIZE,
+    RandomCropDataset,
+    load_image_dataset,
+    photo_eval_dataset,
+    train_eval_splits,
+)
 from arcvq_hf.gan import ArcVQGANTrainer, GANSettings
 from arcvq_hf.io_utils import looks_like_local_path, removed_if_left_empty, require_existing_folder
 from arcvq_hf.model_card import TrainingRun, write_model_card
@@ -95,10 +102,6 @@ class ModelArguments:
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Needed for hub ids without arcvq_hf."})
     license: str = field(default="apache-2.0", metadata={"help": "License in the model card."})
-
-
-# Side of the training and evaluation crops of `--dataset photos` (the photo corpus of whole photos).
-PHOTO_CROP_SIZE = 32
 
 
 @dataclass

@@ -59,3 +59,70 @@ def test_reevaluating_a_folder_writes_the_keys_and_values_of_trainer_evaluate(tm
 def test_a_missing_folder_is_named(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no-such-model: no such local folder"):
         main([str(tmp_path / "no-such-model"), "--dataset", "mnist-5k"])
+
+
+def _saved_photo_folder_and_corpus(tmp_path):
+    """A tiny 3-channel model and a whole-photo corpus (train / test) saved with save_to_disk."""
+    import numpy as np
+    import PIL.Image
+    from datasets import Dataset, DatasetDict
+    from datasets import Image as ImageFeature
+
+    rng = np.random.RandomState(1)
+
+    def photos(sizes: list[tuple[int, int]]) -> Dataset:
+        images = [PIL.Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+        return Dataset.from_dict({"image": images}).cast_column("image", ImageFeature())
+
+    corpus = DatasetDict(train=photos([(40, 40)]), test=photos([(48, 64), (60, 44)]))
+    corpus.save_to_disk(tmp_path / "corpus")
+    folder = tmp_path / "model"
+    tiny_model(num_channels=3).save_pretrained(folder)
+    ArcVQImageProcessor(num_channels=3, size_divisor=4).save_pretrained(folder)
+    return folder, corpus
+
+
+def _mean_psnr(folder, images, **processor_overrides) -> float:
+    import torch
+
+    from arcvq_hf import ArcVQModel
+    from arcvq_hf.metrics import psnr
+
+    model = ArcVQModel.from_pretrained(folder).eval()
+    processor = ArcVQImageProcessor.from_pretrained(folder)
+    values = []
+    for image in images:
+        pixels = processor(image, return_tensors="pt", **processor_overrides)["pixel_values"]
+        with torch.no_grad():
+            reconstruction = model(pixels).reconstruction
+        values.append(psnr(processor.to_unit_range(reconstruction), processor.to_unit_range(pixels)).item())
+    return sum(values) / len(values)
+
+
+def test_crop_size_measures_the_fixed_crops_of_whole_photos(tmp_path) -> None:
+    from arcvq_hf.data import photo_eval_dataset
+
+    folder, corpus = _saved_photo_folder_and_corpus(tmp_path)
+    output = tmp_path / "crops.json"
+    main([str(folder), "--dataset", str(tmp_path / "corpus"), "--crop_size", "16", "--output", str(output)])
+    written = json.loads(output.read_text())
+    crops = photo_eval_dataset(corpus["test"], 16)["image"]
+    assert written["eval_num_images"] == len(crops) > 2
+    assert written["eval_psnr"] == pytest.approx(_mean_psnr(folder, crops), rel=1e-6)
+    assert not (folder / "eval_results.json").exists()  # --output writes there instead
+
+
+def test_max_side_measures_whole_photos_downscaled_as_the_space_does(tmp_path) -> None:
+    folder, corpus = _saved_photo_folder_and_corpus(tmp_path)
+    output = tmp_path / "whole.json"
+    main([str(folder), "--dataset", str(tmp_path / "corpus"), "--max_side", "32", "--output", str(output)])
+    written = json.loads(output.read_text())
+    photos = corpus["test"]["image"]
+    assert written["eval_num_images"] == len(photos) == 2  # one per batch: the two photos differ in size
+    assert written["eval_psnr"] == pytest.approx(_mean_psnr(folder, photos, max_side=32), rel=1e-6)
+
+
+def test_crop_size_and_max_side_exclude_each_other(tmp_path) -> None:
+    folder, _ = _saved_photo_folder_and_corpus(tmp_path)
+    with pytest.raises(ValueError, match="exclude each other"):
+        main([str(folder), "--dataset", str(tmp_path / "corpus"), "--crop_size", "16", "--max_side", "32"])

@@ -45,7 +45,7 @@ def save_digit_dataset(path) -> None:
 
 def tiny_model(seed: int = 0, **overrides) -> ArcVQModel:
     torch.manual_seed(seed)
-    return ArcVQModel(ArcVQConfig(num_channels=1, **{**TINY, **overrides}))
+    return ArcVQModel(ArcVQConfig(**{"num_channels": 1, **TINY, **overrides}))
 
 
 def training_args(output_dir, **overrides) -> TrainingArguments:
