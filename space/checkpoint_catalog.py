@@ -74,8 +74,8 @@ class ShippedCheckpoint:
 
 
 SHIPPED_CHECKPOINTS = (
-    ShippedCheckpoint("arcvq-hf/vq-vae-photos", "skimage-photos", "vq-baseline"),
-    ShippedCheckpoint("arcvq-hf/arcvq-vae-photos", "skimage-photos", "arcvq"),
+    ShippedCheckpoint("arcvq-hf/vq-vae-photos", "photos", "vq-baseline"),
+    ShippedCheckpoint("arcvq-hf/arcvq-vae-photos", "photos", "arcvq"),
     ShippedCheckpoint("arcvq-hf/vq-vae-mnist", "mnist-5k", "vq-baseline"),
     ShippedCheckpoint("arcvq-hf/arcvq-vae-mnist", "mnist-5k", "arcvq"),
 )
