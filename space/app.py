@@ -147,7 +147,11 @@ def build_demo(concurrency_limit: int = 4, allow_custom_checkpoints: bool | None
                     if not catalog.allow_custom:
                         gr.Markdown(f"Other checkpoints need `{ALLOW_CUSTOM_ENV_VAR}=1` on the server.")
                 run = gr.Button("Reconstruct", variant="primary")
-                gr.Examples(examples, inputs=[upload], label="Example photos (scikit-image)")
+                gr.Examples(
+                    examples,
+                    inputs=[upload],
+                    label="Example photos (scikit-image; the photo pair held out chelsea and coffee, not astronaut)",
+                )
             with gr.Column(scale=3):
                 status = gr.Markdown()
                 with gr.Row():
