@@ -39,6 +39,7 @@ BATCH_SIZE = 64
 # Columns of the table: (record key, heading, format).
 COLUMNS = (
     ("codebook_utilization", "utilization", "{:.1%}"),
+    ("used_codes", "codes used", "{:.0f}"),
     ("perplexity", "perplexity", "{:.1f}"),
     ("dead_codes", "dead codes", "{:.0f}"),
     ("psnr", "PSNR dB", "{:.2f}"),
@@ -115,14 +116,25 @@ def _cell(records: list[dict[str, Any]], split: str, key: str, fmt: str) -> str:
 
 
 def table(results: list[dict[str, Any]], split: str) -> list[str]:
-    lines = ["| preset | K | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    """One row per (preset, K): means over the seeds present; a column only when some run measured it."""
+    columns = [column for column in COLUMNS if any(column[0] in r[split] for r in results)]
+    lines = ["| preset | K | " + " | ".join(h for _, h, _ in columns) + " | training s |"]
+    lines.append("|---|---|" + "---|" * (len(columns) + 1))
     for preset in PRESETS:
         for size in CODEBOOK_SIZES:
             records = [r for r in results if r["preset"] == preset and r["codebook_size"] == size]
             if records:
-                cells = [_cell(records, split, key, fmt) for key, _, fmt in COLUMNS]
-                lines.append(f"| {preset} | {size} | " + " | ".join(cells) + " |")
+                cells = [_cell(records, split, key, fmt) for key, _, fmt in columns]
+                seconds = sum(r["train_seconds"] for r in records) / len(records)
+                lines.append(f"| {preset} | {size} | " + " | ".join(cells) + f" | {seconds:.0f} |")
     return lines
+
+
+PLOTS = (
+    ("codebook_utilization", "codebook utilization (held-out crops)"),
+    ("perplexity", "code perplexity (held-out crops)"),
+    ("psnr", "PSNR dB (held-out crops)"),
+)
 
 
 def plot(results: list[dict[str, Any]]) -> list[Path]:
@@ -132,7 +144,7 @@ def plot(results: list[dict[str, Any]]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    for key, label in (("codebook_utilization", "codebook utilization (held-out crops)"), ("psnr", "PSNR dB")):
+    for key, label in PLOTS:
         figure, axis = plt.subplots(figsize=(5, 3.5))
         for preset in PRESETS:
             points = sorted(
@@ -154,14 +166,15 @@ def plot(results: list[dict[str, Any]]) -> list[Path]:
 
 
 def write_report(results: list[dict[str, Any]]) -> Path:
-    steps = sorted({r["steps"] for r in results})
-    seeds = sorted({r["seed"] for r in results})
+    steps = ", ".join(str(step) for step in sorted({r["steps"] for r in results}))
+    seeds = ", ".join(str(seed) for seed in sorted({r["seed"] for r in results}))
     example = results[0]["command"] if results else ""
     lines = [
         "# Codebook scaling on the photo corpus",
         "",
         f"Built by `python benchmarks/codebook_scaling.py` from {len(results)} runs: {steps} optimizer steps, batch "
-        f"{BATCH_SIZE}, seeds {seeds}, the default vqvae backbone (hidden 128, D = 64, x4 downsampling). One run:",
+        f"{BATCH_SIZE}, seed(s) {seeds}, the default vqvae backbone (hidden 128, D = 64, x4 downsampling). "
+        "Training s: wall time of one run, two runs side by side on 2 cores (at times beside other jobs). One run:",
         "",
         f"    {example}",
         "",
@@ -173,7 +186,7 @@ def write_report(results: list[dict[str, Any]]) -> Path:
         "",
         *table(results, "train_split"),
         "",
-        "![utilization](plots/codebook_utilization_vs_K.png) ![PSNR](plots/psnr_vs_K.png)",
+        " ".join(f"![{key}](plots/{key}_vs_K.png)" for key, _ in PLOTS),
         "",
     ]
     if results:
