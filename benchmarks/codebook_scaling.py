@@ -10,7 +10,8 @@ the 51 training photos, Adam 3e-4, batch 64, bf16 autocast + channels_last on CP
   (choosing on held-out photos would tune to the evaluation split).
 
 Each run writes `benchmarks/codebook-scaling/results/<preset>_K<K>_s<seed>_<steps>steps.json`; runs whose file
-exists are skipped. RESULTS.md and the plots beside the results are rebuilt from all files present.
+exists are skipped. RESULTS.md and the plots beside the results are rebuilt from all files present, with
+NOTES.md (hand-written) appended.
 
     ARCVQ_PHOTO_CORPUS=data/photo-corpus python benchmarks/codebook_scaling.py --steps 2000 --seeds 0 --jobs 2
     python benchmarks/codebook_scaling.py --report-only
@@ -189,6 +190,9 @@ def write_report(results: list[dict[str, Any]]) -> Path:
         " ".join(f"![{key}](plots/{key}_vs_K.png)" for key, _ in PLOTS),
         "",
     ]
+    notes = OUTPUT_DIR / "NOTES.md"
+    if notes.exists():  # the hand-written reading of the numbers, kept out of the generated part
+        lines += [notes.read_text().strip(), ""]
     if results:
         plot(results)
     return atomic_write_text(OUTPUT_DIR / "RESULTS.md", "\n".join(lines))

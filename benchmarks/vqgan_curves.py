@@ -8,7 +8,7 @@ and the variant's other defaults (K = 1024, D = 16). The training losses and the
 the export's encode / decode are compared with the model's on the held-out crops.
 
     ARCVQ_PHOTO_CORPUS=data/photo-corpus python benchmarks/vqgan_curves.py --steps 1600 --disc-start 800 --jobs 2
-    python benchmarks/vqgan_curves.py --report-only   # rebuild RESULTS.md and the plot from the saved histories
+    python benchmarks/vqgan_curves.py --report-only   # rebuild RESULTS.md (+ NOTES.md) and the plot from the histories
 """
 
 from __future__ import annotations
@@ -174,6 +174,9 @@ def write_report(disc_start: int | None) -> Path:
             f"{export['max_abs_decode_difference']:.2e} (the model's tokens decoded by `VQModel.decode`).",
             "",
         ]
+    notes = OUTPUT_DIR / "NOTES.md"
+    if notes.exists():  # the hand-written reading of the numbers, kept out of the generated part
+        lines += [notes.read_text().strip(), ""]
     if records:
         plot(records, disc_start)
     return atomic_write_text(OUTPUT_DIR / "RESULTS.md", "\n".join(lines))
