@@ -148,11 +148,13 @@ def plot(results: list[dict[str, Any]]) -> list[Path]:
     for key, label in PLOTS:
         figure, axis = plt.subplots(figsize=(5, 3.5))
         for preset in PRESETS:
-            points = sorted(
-                (r["codebook_size"], r["test"][key]) for r in results if r["preset"] == preset and key in r["test"]
-            )
-            if points:
-                axis.plot(*zip(*points, strict=True), marker="o", label=preset)
+            by_size: dict[int, list[float]] = {}
+            for r in results:
+                if r["preset"] == preset and key in r["test"]:
+                    by_size.setdefault(r["codebook_size"], []).append(r["test"][key])
+            sizes = sorted(by_size)
+            if sizes:  # the mean over the seeds present at each K
+                axis.plot(sizes, [sum(by_size[k]) / len(by_size[k]) for k in sizes], marker="o", label=preset)
         axis.set_xscale("log", base=2)
         axis.set_xlabel("codebook size K")
         axis.set_ylabel(label)
