@@ -14,6 +14,7 @@ exists are skipped. RESULTS.md and the plots beside the results are rebuilt from
 NOTES.md (hand-written) appended.
 
     ARCVQ_PHOTO_CORPUS=data/photo-corpus python benchmarks/codebook_scaling.py --steps 2000 --seeds 0 --jobs 2
+    ARCVQ_PHOTO_CORPUS=data/photo-corpus python benchmarks/codebook_scaling.py --seeds 0 --perceptual --jobs 2
     python benchmarks/codebook_scaling.py --report-only
 """
 
@@ -46,6 +47,7 @@ COLUMNS = (
     ("psnr", "PSNR dB", "{:.2f}"),
     ("ssim", "SSIM", "{:.3f}"),
     ("lpips", "LPIPS", "{:.3f}"),
+    ("rfid", "rFID (189)", "{:.1f}"),
 )
 
 
@@ -74,23 +76,30 @@ def evaluation_command(folder: Path, split: str, output: Path, perceptual: bool)
     return command + ["--output", str(output)] + (["--perceptual"] if perceptual else [])
 
 
+def _subprocess_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
+def measure(folder: Path, split: str, perceptual: bool, log: Any) -> dict[str, Any]:
+    """`arcvq_hf.evaluate` of a trained run folder on `split` (test / train), unprefixed metric names."""
+    output = folder.parent / f"{folder.name}.{split}.json"
+    command = evaluation_command(folder, split, output, perceptual)
+    subprocess.run(command, cwd=REPO_DIR, env=_subprocess_env(), stdout=log, stderr=subprocess.STDOUT, check=True)
+    record = json.loads(output.read_text())
+    return {key.removeprefix("eval_"): value for key, value in record.items() if key.startswith("eval_")}
+
+
 def run_one(preset: str, codebook_size: int, seed: int, steps: int, runs_dir: Path, perceptual: bool) -> Path:
     """Train, measure on both splits, write the result file; returns its path."""
     name = run_name(preset, codebook_size, seed, steps)
     folder = runs_dir / name
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    log = (runs_dir / f"{name}.log").open("w")
     train = training_command(preset, codebook_size, seed, steps, folder)
-    start = time.time()
-    subprocess.run(train, cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-    train_seconds = time.time() - start
-    measured = {}
-    for split, key in (("test", "test"), ("train", "train_split")):
-        output = runs_dir / f"{name}.{split}.json"
-        command = evaluation_command(folder, split, output, perceptual and split == "test")
-        subprocess.run(command, cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-        record = json.loads(output.read_text())
-        measured[key] = {k.removeprefix("eval_"): v for k, v in record.items() if k.startswith("eval_")}
+    with (runs_dir / f"{name}.log").open("w") as log:
+        start = time.time()
+        subprocess.run(train, cwd=REPO_DIR, env=_subprocess_env(), stdout=log, stderr=subprocess.STDOUT, check=True)
+        train_seconds = time.time() - start
+        test = measure(folder, "test", perceptual, log)
+        train_split = measure(folder, "train", False, log)
     result = {
         "preset": preset,
         "codebook_size": codebook_size,
@@ -99,9 +108,18 @@ def run_one(preset: str, codebook_size: int, seed: int, steps: int, runs_dir: Pa
         "batch_size": BATCH_SIZE,
         "train_seconds": round(train_seconds, 1),
         "command": shlex.join(["python", *train[1:]]),
-        **measured,
+        "test": test,
+        "train_split": train_split,
     }
     return atomic_write_json(OUTPUT_DIR / "results" / f"{name}.json", result, indent=2)
+
+
+def add_perceptual(result_path: Path, runs_dir: Path) -> Path:
+    """Re-measure a finished run's held-out crops with LPIPS and rFID (its run folder must still exist)."""
+    result = json.loads(result_path.read_text())
+    with (runs_dir / f"{result_path.stem}.log").open("a") as log:
+        result["test"] = measure(runs_dir / result_path.stem, "test", True, log)
+    return atomic_write_json(result_path, result, indent=2)
 
 
 def load_results() -> list[dict[str, Any]]:
@@ -109,25 +127,31 @@ def load_results() -> list[dict[str, Any]]:
 
 
 def _cell(records: list[dict[str, Any]], split: str, key: str, fmt: str) -> str:
+    """Mean (± std over seeds when there are several) of `key`; `(n=k)` when only k of the row's runs measured it."""
     values = [record[split][key] for record in records if key in record[split]]
     if not values:
         return "n/a"
     mean = sum(values) / len(values)
-    return fmt.format(mean) + (f" (n={len(values)})" if len(values) > 1 else "")
+    text = fmt.format(mean)
+    if len(values) > 1:
+        spread = (sum((value - mean) ** 2 for value in values) / (len(values) - 1)) ** 0.5
+        text += " ± " + fmt.format(spread).rstrip("%")
+    return text + (f" (n={len(values)})" if len(values) < len(records) else "")
 
 
 def table(results: list[dict[str, Any]], split: str) -> list[str]:
     """One row per (preset, K): means over the seeds present; a column only when some run measured it."""
     columns = [column for column in COLUMNS if any(column[0] in r[split] for r in results)]
-    lines = ["| preset | K | " + " | ".join(h for _, h, _ in columns) + " | training s |"]
-    lines.append("|---|---|" + "---|" * (len(columns) + 1))
+    lines = ["| preset | K | seeds | " + " | ".join(h for _, h, _ in columns) + " | training s |"]
+    lines.append("|---|---|---|" + "---|" * (len(columns) + 1))
     for preset in PRESETS:
         for size in CODEBOOK_SIZES:
             records = [r for r in results if r["preset"] == preset and r["codebook_size"] == size]
             if records:
                 cells = [_cell(records, split, key, fmt) for key, _, fmt in columns]
                 seconds = sum(r["train_seconds"] for r in records) / len(records)
-                lines.append(f"| {preset} | {size} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+                seeds = ",".join(str(r["seed"]) for r in sorted(records, key=lambda r: r["seed"]))
+                lines.append(f"| {preset} | {size} | {seeds} | " + " | ".join(cells) + f" | {seconds:.0f} |")
     return lines
 
 
@@ -208,7 +232,11 @@ def main() -> None:
     parser.add_argument("--codebook-sizes", type=int, nargs="+", default=list(CODEBOOK_SIZES))
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each)")
     parser.add_argument("--runs-dir", type=Path, default=REPO_DIR / "runs" / "codebook-scaling")
-    parser.add_argument("--perceptual", action="store_true", help="LPIPS and rFID on the held-out crops")
+    parser.add_argument(
+        "--perceptual",
+        action="store_true",
+        help="LPIPS and rFID on the held-out crops (also re-measures finished runs of --seeds whose folders remain)",
+    )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if not args.report_only:
@@ -222,11 +250,21 @@ def main() -> None:
             for seed in args.seeds
             if not (OUTPUT_DIR / "results" / f"{run_name(preset, size, seed, args.steps)}.json").exists()
         ]
+        # With --perceptual, finished runs that lack LPIPS / rFID are re-measured when their folder is still there.
+        unmeasured = [
+            path
+            for path in sorted((OUTPUT_DIR / "results").glob("*.json"))
+            if args.perceptual
+            and "lpips" not in json.loads(path.read_text())["test"]
+            and (args.runs_dir / path.stem).is_dir()
+            and json.loads(path.read_text())["seed"] in args.seeds
+        ]
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = [
                 pool.submit(run_one, preset, size, seed, args.steps, args.runs_dir, args.perceptual)
                 for preset, size, seed in todo
             ]
+            futures += [pool.submit(add_perceptual, path, args.runs_dir) for path in unmeasured]
             for future in futures:
                 print("wrote", future.result(), flush=True)
     print("wrote", write_report(load_results()))
