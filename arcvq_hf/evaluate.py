@@ -83,11 +83,11 @@ def evaluate_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such local folder (a folder written by save_pretrained).")
+    if crop_size is not None and max_side is not None:
+        raise ValueError("crop_size and max_side exclude each other: crops, or whole downscaled images.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = ArcVQModel.from_pretrained(folder).to(device)
     processor = ArcVQImageProcessor.from_pretrained(folder)
-    if crop_size is not None and max_side is not None:
-        raise ValueError("crop_size and max_side exclude each other: crops, or whole downscaled images.")
     if crop_size is None and max_side is None and dataset == "photos":
         crop_size = PHOTO_CROP_SIZE
     _, split = train_eval_splits(load_image_dataset(dataset), train_split, eval_split)

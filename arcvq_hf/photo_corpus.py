@@ -290,7 +290,7 @@ def _grid_positions(length: int, crop: int, count: int) -> list[int]:
 
 def photo_eval_crops(
     image: PIL.Image.Image,
-    size: int = 32,
+    size: int = PHOTO_CROP_SIZE,
     scales: Sequence[float] = EVAL_CROP_SCALES,
     grid: int = EVAL_CROP_GRID,
 ) -> list[tuple[float, PIL.Image.Image]]:
@@ -316,7 +316,7 @@ def photo_eval_crops(
 
 def photo_eval_dataset(
     dataset: Dataset,
-    size: int = 32,
+    size: int = PHOTO_CROP_SIZE,
     scales: Sequence[float] = EVAL_CROP_SCALES,
     grid: int = EVAL_CROP_GRID,
     image_column: str = "image",

@@ -235,7 +235,7 @@ def main() -> None:
     parser.add_argument(
         "--perceptual",
         action="store_true",
-        help="LPIPS and rFID on the held-out crops (also re-measures finished runs of --seeds whose folders remain)",
+        help="LPIPS and rFID on the held-out crops (also re-measures the finished runs asked for whose folders remain)",
     )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
@@ -243,22 +243,19 @@ def main() -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         args.runs_dir.mkdir(parents=True, exist_ok=True)
-        todo = [
-            (preset, size, seed)
-            for size in args.codebook_sizes
-            for preset in args.presets
-            for seed in args.seeds
-            if not (OUTPUT_DIR / "results" / f"{run_name(preset, size, seed, args.steps)}.json").exists()
-        ]
-        # With --perceptual, finished runs that lack LPIPS / rFID are re-measured when their folder is still there.
-        unmeasured = [
-            path
-            for path in sorted((OUTPUT_DIR / "results").glob("*.json"))
-            if args.perceptual
-            and "lpips" not in json.loads(path.read_text())["test"]
-            and (args.runs_dir / path.stem).is_dir()
-            and json.loads(path.read_text())["seed"] in args.seeds
-        ]
+        asked = [(preset, size, seed) for size in args.codebook_sizes for preset in args.presets for seed in args.seeds]
+        todo, unmeasured = [], []
+        for preset, size, seed in asked:
+            result_path = OUTPUT_DIR / "results" / f"{run_name(preset, size, seed, args.steps)}.json"
+            if not result_path.exists():
+                todo.append((preset, size, seed))
+            # With --perceptual, a finished run without LPIPS / rFID is re-measured when its folder is still there.
+            elif (
+                args.perceptual
+                and "lpips" not in json.loads(result_path.read_text())["test"]
+                and (args.runs_dir / result_path.stem).is_dir()
+            ):
+                unmeasured.append(result_path)
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = [
                 pool.submit(run_one, preset, size, seed, args.steps, args.runs_dir, args.perceptual)
