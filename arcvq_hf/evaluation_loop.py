@@ -29,6 +29,7 @@ from .perceptual import (
     FrechetInceptionDistance,
     InceptionFeatureExtractor,
     PerceptualWeightsMissingError,
+    inception_features,
     load_inception,
     load_lpips,
     lpips,
@@ -93,6 +94,7 @@ class ReconstructionMetrics:
         with_lpips: bool = False,
         with_rfid: bool = False,
         inception: InceptionFeatureExtractor | None = None,
+        rfid_reference_features: torch.Tensor | None = None,
     ) -> None:
         """
         Args:
@@ -102,6 +104,10 @@ class ReconstructionMetrics:
             with_lpips: accumulate LPIPS-alex per image (see the module docstring for the resize rule).
             with_rfid: accumulate the Inception feature moments of the targets and the reconstructions for rFID.
             inception: the feature extractor for rFID; default: the shared pretrained one (`load_inception`).
+            rfid_reference_features: (N, 2048) Inception features of the whole set's targets, computed once as
+                this loop would (`reference_inception_features`), for a set evaluated again and again (a
+                benchmark grid): the targets then skip Inception, and `compute` refuses a set of another size.
+                On every rank the whole set's features, they are not summed by `all_reduce_`.
         Raises:
             PerceptualWeightsMissingError: a perceptual metric is asked for and its weights are not installed.
         """
@@ -117,6 +123,9 @@ class ReconstructionMetrics:
         # Images LPIPS saw upsampled to LPIPS_EVAL_SIZE: a count, so it sums over ranks like the rest.
         self.lpips_upsampled_images = 0
         self.fid = FrechetInceptionDistance(extractor=inception) if with_rfid else None
+        if rfid_reference_features is not None and not with_rfid:
+            raise ValueError("rfid_reference_features is given but with_rfid is False.")
+        self.rfid_reference_features = rfid_reference_features
 
     def update(
         self,
@@ -142,7 +151,7 @@ class ReconstructionMetrics:
             if self.with_lpips:
                 self._add_lpips(fake, real)
             if self.fid is not None:
-                self.fid.update(real=real, fake=fake)
+                self.fid.update(real=real if self.rfid_reference_features is None else None, fake=fake)
         self.num_images += batch
         if image_tokens is not None:
             self.usage.update(image_tokens)
@@ -254,8 +263,17 @@ class ReconstructionMetrics:
             results["lpips"] = self.lpips_sum / self.num_images
             results["lpips_resize"] = LPIPS_EVAL_SIZE if self.lpips_upsampled_images else 0
         if self.fid is not None:
-            results["rfid"] = self.fid.compute()
-            results["rfid_num_images"] = self.fid.num_real
+            fid = self.fid
+            if self.rfid_reference_features is not None:
+                fid = FrechetInceptionDistance().update_features(real_features=self.rfid_reference_features)
+                fid.merge(self.fid)
+                if fid.num_real != fid.num_fake:
+                    raise ValueError(
+                        f"rFID: the reference features hold {fid.num_real} images but {fid.num_fake} were "
+                        "evaluated; pass the features of exactly the evaluated set."
+                    )
+            results["rfid"] = fid.compute()
+            results["rfid_num_images"] = fid.num_real
         return results
 
 
@@ -276,6 +294,25 @@ def _batch_pixels(batch: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
+def reference_inception_features(
+    pixel_batches: Iterable[Any], to_unit_range: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The rFID features of an evaluation set's images, mapped exactly as the loop maps its targets ([0, 1] by
+    `to_unit_range`, then [-1, 1]), for `rfid_reference_features`.
+
+    Args:
+        pixel_batches: the batches the evaluation will see ((B, C, H, W) model-space tensors or dicts with
+            `pixel_values`).
+        to_unit_range: as in `accumulate_reconstruction`.
+    Returns:
+        (N, 2048) float32 features on the CPU.
+    """
+    to_unit = to_unit_range or default_to_unit_range
+    batches = [to_unit(_batch_pixels(batch)).float() * 2 - 1 for batch in pixel_batches]
+    return torch.cat([inception_features(batch) for batch in batches])
+
+
+@torch.no_grad()
 def accumulate_reconstruction(
     model: Any,
     pixel_batches: Iterable[Any],
@@ -283,6 +320,7 @@ def accumulate_reconstruction(
     with_losses: bool = True,
     with_lpips: bool = False,
     with_rfid: bool = False,
+    rfid_reference_features: torch.Tensor | None = None,
 ) -> ReconstructionMetrics:
     """Run `model` (an ArcVQModel) in eval mode over batches and accumulate `ReconstructionMetrics`.
 
@@ -293,6 +331,7 @@ def accumulate_reconstruction(
         with_losses: also accumulate the model's loss parts (batch-weighted; the arc loss depends on which images
             share a batch, the other parts do not).
         with_lpips, with_rfid: also accumulate LPIPS-alex / the rFID feature moments (see `ReconstructionMetrics`).
+        rfid_reference_features: the targets' precomputed rFID features (see `ReconstructionMetrics`).
     """
     to_unit = to_unit_range or default_to_unit_range
     was_training = model.training
@@ -301,7 +340,13 @@ def accumulate_reconstruction(
     loss_names = ["loss", "reconstruction_loss", "quantization_loss"] if with_losses else []
     if with_losses and model.config.use_arc_margin:
         loss_names.append("arc_loss")
-    metrics = ReconstructionMetrics(model.config.codebook_size, loss_names, with_lpips=with_lpips, with_rfid=with_rfid)
+    metrics = ReconstructionMetrics(
+        model.config.codebook_size,
+        loss_names,
+        with_lpips=with_lpips,
+        with_rfid=with_rfid,
+        rfid_reference_features=rfid_reference_features,
+    )
     try:
         for batch in pixel_batches:
             pixel_values = _batch_pixels(batch).to(device)
@@ -322,6 +367,7 @@ def evaluate_reconstruction(
     with_losses: bool = False,
     perceptual: bool = False,
     sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    rfid_reference_features: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Every SPEC.md §3 metric of `model` over a whole evaluation set.
 
@@ -333,6 +379,8 @@ def evaluate_reconstruction(
         perceptual: include LPIPS and rFID (needs the weights of `python -m arcvq_hf.perceptual fetch`).
         sum_over_processes: when each process saw a disjoint shard, the element-wise sum over processes (see
             `ReconstructionMetrics.all_reduce_`); None: one process saw the whole set, nothing is reduced.
+        rfid_reference_features: with `perceptual`, the targets' rFID features computed once
+            (`reference_inception_features`), so that repeated evaluations of one set skip them.
     Returns:
         dict with psnr, ssim, l1, codebook_utilization, perplexity, dead_codes, used_codes, num_images,
         angular_dispersion (degrees), code_norm_mean / std / min / max, code_norm_fraction_on_bound (when the
@@ -340,7 +388,13 @@ def evaluate_reconstruction(
     """
     to_unit = processor.to_unit_range if processor is not None else None
     accumulator = accumulate_reconstruction(
-        model, pixel_batches, to_unit, with_losses=with_losses, with_lpips=perceptual, with_rfid=perceptual
+        model,
+        pixel_batches,
+        to_unit,
+        with_losses=with_losses,
+        with_lpips=perceptual,
+        with_rfid=perceptual,
+        rfid_reference_features=rfid_reference_features,
     )
     if sum_over_processes is not None:
         accumulator.all_reduce_(sum_over_processes)
@@ -358,5 +412,6 @@ __all__ = [
     "evaluate_reconstruction",
     "lpips_resize_for",
     "perceptual_weights_available",
+    "reference_inception_features",
     "require_perceptual_weights",
 ]

@@ -8,7 +8,8 @@ This is the one place to import them from; each concept is defined in its own mo
 - `perceptual`: `lpips`, `frechet_inception_distance` and their networks (importing them loads no weights and does
   not need scipy).
 - `evaluation_loop`: the one evaluation loop (`ReconstructionMetrics`, `accumulate_reconstruction`,
-  `evaluate_reconstruction`) with opt-in LPIPS / rFID and the sum over processes.
+  `evaluate_reconstruction`) with opt-in LPIPS / rFID and the sum over processes, and
+  `reference_inception_features` for a set whose real-side rFID features are computed once.
 """
 
 from .codebook_metrics import (
@@ -30,6 +31,7 @@ from .evaluation_loop import (
     evaluate_reconstruction,
     lpips_resize_for,
     perceptual_weights_available,
+    reference_inception_features,
     require_perceptual_weights,
 )
 from .image_metrics import SSIM_SIGMA, SSIM_WINDOW, l1_error, psnr, ssim
@@ -67,6 +69,7 @@ __all__ = [
     "perceptual_weights_available",
     "perplexity",
     "psnr",
+    "reference_inception_features",
     "require_perceptual_weights",
     "ssim",
 ]

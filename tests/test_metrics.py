@@ -23,6 +23,7 @@ from arcvq_hf.metrics import (
     lpips,
     perplexity,
     psnr,
+    reference_inception_features,
     ssim,
 )
 
@@ -246,6 +247,28 @@ def test_perceptual_sums_of_shards_equal_one_pass_and_the_direct_metrics() -> No
     torch.testing.assert_close(real_sum, inception_features(real).double().sum(dim=0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fake_sum, inception_features(fake).double().sum(dim=0), rtol=1e-5, atol=1e-5)
     assert np.isfinite(a["rfid"]) and a["rfid"] > 0
+
+
+@needs_perceptual_weights("inception")
+def test_rfid_with_reference_features_equals_the_full_computation_and_refuses_another_set() -> None:
+    pred, target = (torch.from_numpy(x).float() for x in _image_pairs(4, 3, 32, 32, seed=7))
+    tokens = torch.randint(0, 32, (4, 8, 8), generator=torch.Generator().manual_seed(8))
+    full = ReconstructionMetrics(32, with_rfid=True).update(pred, target, tokens).compute()
+    # The loop's targets in model space, as a benchmark would hold its test split.
+    reference = reference_inception_features([target[:3] * 2 - 1, {"pixel_values": target[3:] * 2 - 1}])
+    torch.testing.assert_close(reference, inception_features(target * 2 - 1), rtol=1e-5, atol=1e-5)
+    # Two ranks, each with the whole set's reference: the reference is not summed over them.
+    shards = [ReconstructionMetrics(32, with_rfid=True, rfid_reference_features=reference) for _ in range(2)]
+    shards[0].update(pred[:1], target[:1], tokens[:1])
+    shards[1].update(pred[1:], target[1:], tokens[1:])
+    _all_reduce_shards(shards)
+    assert shards[1].compute()["rfid"] == pytest.approx(full["rfid"], rel=1e-4)
+    assert shards[1].compute()["rfid_num_images"] == 4
+    partial = ReconstructionMetrics(32, with_rfid=True, rfid_reference_features=reference).update(pred[:3], target[:3])
+    with pytest.raises(ValueError, match="reference features hold 4 images but 3 were evaluated"):
+        partial.compute()
+    with pytest.raises(ValueError, match="with_rfid is False"):
+        ReconstructionMetrics(32, rfid_reference_features=reference)
 
 
 @needs_perceptual_weights("alex")
