@@ -111,6 +111,8 @@ class ReconstructionMetrics:
         Raises:
             PerceptualWeightsMissingError: a perceptual metric is asked for and its weights are not installed.
         """
+        if rfid_reference_features is not None and not with_rfid:
+            raise ValueError("rfid_reference_features is given but with_rfid is False.")
         self.usage = CodebookUsage(codebook_size)
         self.num_images = 0
         self.image_sums = dict.fromkeys(_IMAGE_SUMS, 0.0)
@@ -123,9 +125,12 @@ class ReconstructionMetrics:
         # Images LPIPS saw upsampled to LPIPS_EVAL_SIZE: a count, so it sums over ranks like the rest.
         self.lpips_upsampled_images = 0
         self.fid = FrechetInceptionDistance(extractor=inception) if with_rfid else None
-        if rfid_reference_features is not None and not with_rfid:
-            raise ValueError("rfid_reference_features is given but with_rfid is False.")
-        self.rfid_reference_features = rfid_reference_features
+        # The reference's moments, summed once here; kept out of `self.fid`, whose state `all_reduce_` sums.
+        self.rfid_reference = (
+            None
+            if rfid_reference_features is None
+            else FrechetInceptionDistance().update_features(real_features=rfid_reference_features)
+        )
 
     def update(
         self,
@@ -151,7 +156,7 @@ class ReconstructionMetrics:
             if self.with_lpips:
                 self._add_lpips(fake, real)
             if self.fid is not None:
-                self.fid.update(real=real if self.rfid_reference_features is None else None, fake=fake)
+                self.fid.update(real=real if self.rfid_reference is None else None, fake=fake)
         self.num_images += batch
         if image_tokens is not None:
             self.usage.update(image_tokens)
@@ -264,9 +269,8 @@ class ReconstructionMetrics:
             results["lpips_resize"] = LPIPS_EVAL_SIZE if self.lpips_upsampled_images else 0
         if self.fid is not None:
             fid = self.fid
-            if self.rfid_reference_features is not None:
-                fid = FrechetInceptionDistance().update_features(real_features=self.rfid_reference_features)
-                fid.merge(self.fid)
+            if self.rfid_reference is not None:
+                fid = FrechetInceptionDistance().merge(self.rfid_reference).merge(self.fid)
                 if fid.num_real != fid.num_fake:
                     raise ValueError(
                         f"rFID: the reference features hold {fid.num_real} images but {fid.num_fake} were "
