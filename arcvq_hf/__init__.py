@@ -7,12 +7,17 @@ Importing the package registers `ArcVQConfig`, `ArcVQModel` and `ArcVQImageProce
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_arcvq import PRESETS, ArcVQConfig
-from .image_processing_arcvq import ArcVQImageProcessor
-from .modeling_arcvq import ArcVQEncoderOutput, ArcVQModel, ArcVQModelOutput, ArcVQPreTrainedModel
-from .pipeline_arcvq import TASK as IMAGE_TOKENIZATION_TASK
-from .pipeline_arcvq import ImageTokenizationPipeline
-from .quantization import SphericalAngularMarginQuantizer
+from arcvq_hf.interop.pipeline import TASK as IMAGE_TOKENIZATION_TASK
+from arcvq_hf.interop.pipeline import ImageTokenizationPipeline
+from arcvq_hf.model.configuration_arcvq import PRESETS, ArcVQConfig
+from arcvq_hf.model.image_processing_arcvq import ArcVQImageProcessor
+from arcvq_hf.model.modeling_arcvq import (
+    ArcVQEncoderOutput,
+    ArcVQModel,
+    ArcVQModelOutput,
+    ArcVQPreTrainedModel,
+)
+from arcvq_hf.model.quantization import SphericalAngularMarginQuantizer
 
 AutoConfig.register(ArcVQConfig.model_type, ArcVQConfig, exist_ok=True)
 AutoModel.register(ArcVQConfig, ArcVQModel, exist_ok=True)

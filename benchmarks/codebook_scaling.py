@@ -3,7 +3,7 @@
 K in {512, 2048, 8192} (D = 64, the default vqvae backbone) for `arcvq`, `no-arc` and `vq-baseline`, all at one
 budget. Each run is `examples/train_arcvq.py --dataset photos` in its own subprocess (random resized 32 px crops of
 the 51 training photos, Adam 3e-4, batch 64, bf16 autocast + channels_last on CPU) and is then measured twice with
-`arcvq_hf.evaluate` (the one evaluation loop):
+`arcvq_hf.evaluation.command` (the one evaluation loop):
 
 - `test`: the 189 fixed multi-scale 32 px crops of the 9 held-out photos (what the table reports);
 - `train_split`: the same crops of the 51 training photos, the evidence the shipped backbone size is chosen on
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from arcvq_hf.io_utils import atomic_write_json, atomic_write_text
+from arcvq_hf.utils.io_utils import atomic_write_json, atomic_write_text
 
 BENCHMARK_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCHMARK_DIR.parent
@@ -72,7 +72,7 @@ def training_command(preset: str, codebook_size: int, seed: int, steps: int, out
 
 
 def evaluation_command(folder: Path, split: str, output: Path, perceptual: bool) -> list[str]:
-    command = [sys.executable, "-m", "arcvq_hf.evaluate", str(folder), "--dataset", "photos", "--eval_split", split]
+    command = [sys.executable, "-m", "arcvq_hf.evaluation", str(folder), "--dataset", "photos", "--eval_split", split]
     return command + ["--output", str(output)] + (["--perceptual"] if perceptual else [])
 
 
@@ -81,7 +81,7 @@ def _subprocess_env() -> dict[str, str]:
 
 
 def measure(folder: Path, split: str, perceptual: bool, log: Any) -> dict[str, Any]:
-    """`arcvq_hf.evaluate` of a trained run folder on `split` (test / train), unprefixed metric names."""
+    """`arcvq_hf.evaluation.command` of a trained run folder on `split` (test / train), unprefixed metric names."""
     output = folder.parent / f"{folder.name}.{split}.json"
     command = evaluation_command(folder, split, output, perceptual)
     subprocess.run(command, cwd=REPO_DIR, env=_subprocess_env(), stdout=log, stderr=subprocess.STDOUT, check=True)

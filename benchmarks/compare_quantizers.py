@@ -1,7 +1,7 @@
 """Side-by-side quantizer benchmark: the same backbone, data, budget and seeds for every preset.
 
 Presets (`ArcVQConfig.from_preset`): `vq-baseline` (textbook VQ-VAE), `cosine-only`, `no-ball`, `no-arc`, `arcvq`.
-Data sets: `mnist-5k` with exactly the protocol of shared/TARGETS.md (the paper's VQ-VAE, Adam 3e-4, batch 256,
+Data sets: `mnist-5k` with exactly the protocol of docs/method.md §4 (the paper's VQ-VAE, Adam 3e-4, batch 256,
 MSE / data variance with data variance = var(train / 255) * 4, metrics on the 1000 test images) and `photos`
 (32x32 RGB crops of scikit-image's photos, split by source photo; data variance computed the same way).
 
@@ -17,10 +17,10 @@ sittings. The RESULTS.md and PNG plots beside the results folder are regenerated
         --override arc_weight=4 --eval-every 100                  # one sweep point (recorded in the sweep table)
     python benchmarks/compare_quantizers.py --report-only         # rebuild RESULTS.md and plots from the files
 
-`--perceptual` (on by default when the weights of `python -m arcvq_hf.perceptual fetch` are installed) adds LPIPS
-and rFID to each run's final evaluation (`arcvq_hf.metrics`, the same loop: LPIPS-alex per test image upsampled to
-64 px, rFID between all test images and their reconstructions). On CPU rFID costs about 0.3 s per image and side;
-the test images' side is computed once per data set and cached (`rfid_reference_features`).
+`--perceptual` (on by default when the weights of `python -m arcvq_hf.evaluation.perceptual fetch` are installed)
+adds LPIPS and rFID to each run's final evaluation (`arcvq_hf.evaluation.loop`, the same loop: LPIPS-alex per test
+image upsampled to 64 px, rFID between all test images and their reconstructions). On CPU rFID costs about 0.3 s
+per image and side; the test images' side is computed once per data set and cached (`rfid_reference_features`).
 Result files written before these metrics show "n/a" in their columns.
 """
 
@@ -42,17 +42,17 @@ import safetensors.torch
 import torch
 
 from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.data import load_builtin_dataset, mnist_arrays
-from arcvq_hf.image_processing_arcvq import to_unit_range
-from arcvq_hf.io_utils import atomic_write, atomic_write_json, atomic_write_text
-from arcvq_hf.metrics import (
+from arcvq_hf.data.builtin import load_builtin_dataset, mnist_arrays
+from arcvq_hf.data.transforms import pixel_variance
+from arcvq_hf.evaluation.loop import (
     evaluate_reconstruction,
     perceptual_weights_available,
     reference_inception_features,
     require_perceptual_weights,
 )
-from arcvq_hf.perceptual.weights import perceptual_cache_dir, weights_path
-from arcvq_hf.transforms import pixel_variance
+from arcvq_hf.evaluation.perceptual.weights import perceptual_cache_dir, weights_path
+from arcvq_hf.model.image_processing_arcvq import to_unit_range
+from arcvq_hf.utils.io_utils import atomic_write, atomic_write_json, atomic_write_text
 
 BENCHMARK_DIR = Path(__file__).resolve().parent
 # Runs on the current backbone (the authors' residual block, issue 11). benchmarks/results/ holds the runs on the
@@ -63,7 +63,7 @@ PRESET_ORDER = ("vq-baseline", "cosine-only", "no-ball", "no-arc", "arcvq")
 DATASETS = ("mnist-5k", "photos")
 # Training precision of a run: the protocol's float32, or `--fast` (issue 13's speed levers).
 FP32, FAST = "fp32", "bf16+channels_last"
-# The SAMP knobs a sweep may override (SPEC.md §1): alpha, lambda, gamma0, s, m, top_k.
+# The SAMP knobs a sweep may override (docs/method.md §1): alpha, lambda, gamma0, s, m, top_k.
 SWEEP_KNOBS = ("ball_growth_rate", "arc_weight_decay", "arc_weight", "arc_scale", "arc_margin", "arc_top_k")
 BATCH_SIZE = 256
 LEARNING_RATE = 3e-4
@@ -493,7 +493,7 @@ def write_report(results_dir: Path, steps: int) -> Path:
         f"Protocol: plain PyTorch loop, Adam lr {LEARNING_RATE}, batch {BATCH_SIZE}, `model.set_training_step(step)`"
         " before each step, MSE / data variance (variance of the [-1, 1] training pixels = var(train / 255) * 4),"
         " the paper's VQ-VAE (hidden 128, 2 residual layers of 32, K=512, D=64, beta 0.25). Metrics from"
-        " `arcvq_hf.metrics` on the whole test split: utilization / perplexity / dead codes over all test tokens,"
+        " `arcvq_hf.evaluation` on the whole test split: utilization / perplexity / dead codes over all test tokens,"
         " PSNR / SSIM / L1 per image on outputs clamped to [0, 1] in float, averaged; LPIPS and rFID (when"
         " measured) on the same clamped outputs, see the caption under each table. s/step is wall time of the"
         " training step on a shared 2-core machine (other jobs were running: see `load_average_*` in the JSON"

@@ -1,7 +1,7 @@
 """A small CNN digit classifier that scores generated MNIST samples (benchmarks/prior_quality.py).
 
-Trained on the 4000 mnist-5k training digits only (TARGETS.md split), with random shifts of up to 2 pixels; its
-weights ship beside this file as digit_classifier.safetensors (about 0.4 MB).
+Trained on the 4000 mnist-5k training digits only (reference split, docs/method.md §4), with random shifts of up to
+2 pixels; its weights ship beside this file as digit_classifier.safetensors (about 0.4 MB).
 
     python benchmarks/digit_classifier.py            # trains, saves the weights, prints the test accuracy
 """
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from arcvq_hf.data import mnist_arrays
-from arcvq_hf.io_utils import atomic_write
+from arcvq_hf.data.builtin import mnist_arrays
+from arcvq_hf.utils.io_utils import atomic_write
 
 DEFAULT_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digit_classifier.safetensors")
 

@@ -26,11 +26,11 @@ from digit_classifier import DEFAULT_WEIGHTS, load_digit_classifier, predict_dig
 from transformers import GPT2LMHeadModel
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.data import load_builtin_dataset, mnist_arrays
-from arcvq_hf.io_utils import atomic_write_json
-from arcvq_hf.metrics import CodebookUsage
-from arcvq_hf.prior import bits_per_token, image_token_nll, prior_settings, sample_image_tokens
-from arcvq_hf.prior_data import ImageTokenCollator, tokenize_image_dataset
+from arcvq_hf.data.builtin import load_builtin_dataset, mnist_arrays
+from arcvq_hf.evaluation.codebook_metrics import CodebookUsage
+from arcvq_hf.prior.language_model import bits_per_token, image_token_nll, prior_settings, sample_image_tokens
+from arcvq_hf.prior.token_data import ImageTokenCollator, tokenize_image_dataset
+from arcvq_hf.utils.io_utils import atomic_write_json
 
 
 def unigram_bits_per_token(train_tokens: torch.Tensor, test_tokens: torch.Tensor, codebook_size: int) -> float:

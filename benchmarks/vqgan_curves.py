@@ -1,10 +1,10 @@
 """The VQGAN recipe on these CPUs (issue 13): a reduced-width `vqgan` ArcVQ and a plain-VQ VQGAN, same budget.
 
 Both are `examples/train_arcvq.py --variant vqgan` on the photo corpus (random resized crops, L1 + LPIPS-VGG +
-PatchGAN switched on part-way, `arcvq_hf.gan`), with base width 32, channel multipliers 1,2,2 (x4 downsampling)
+PatchGAN switched on part-way, `arcvq_hf.training.gan`), with base width 32, channel multipliers 1,2,2 (x4 downsampling)
 and the variant's other defaults (K = 1024, D = 16). The training losses and the Trainer's periodic evaluations
 (PSNR, SSIM, codebook utilization on the fixed multi-scale crops of the 9 held-out photos) come from each run's
-`trainer_state.json`. The ArcVQ checkpoint is then exported with `arcvq_hf.diffusers_export.to_diffusers` and
+`trainer_state.json`. The ArcVQ checkpoint is then exported with `arcvq_hf.interop.diffusers_export.to_diffusers` and
 the export's encode / decode are compared with the model's on the held-out crops.
 
     ARCVQ_PHOTO_CORPUS=data/photo-corpus python benchmarks/vqgan_curves.py --steps 1600 --disc-start 800 --jobs 2
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from arcvq_hf.io_utils import atomic_write_json, atomic_write_text
+from arcvq_hf.utils.io_utils import atomic_write_json, atomic_write_text
 
 BENCHMARK_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCHMARK_DIR.parent
@@ -70,8 +70,9 @@ def export_check(folder: Path) -> dict[str, Any]:
     import torch
 
     from arcvq_hf import ArcVQImageProcessor, ArcVQModel
-    from arcvq_hf.data import load_image_dataset, photo_eval_dataset
-    from arcvq_hf.diffusers_export import to_diffusers
+    from arcvq_hf.data.builtin import load_image_dataset
+    from arcvq_hf.data.photo_corpus import photo_eval_dataset
+    from arcvq_hf.interop.diffusers_export import to_diffusers
 
     model = ArcVQModel.from_pretrained(folder).eval()
     processor = ArcVQImageProcessor.from_pretrained(folder)

@@ -55,8 +55,8 @@ from photo_corpus_tools import (
     write_manifest,
 )
 
-from arcvq_hf.io_utils import atomic_output_dir
-from arcvq_hf.photo_corpus import PHOTO_CORPUS_DIR
+from arcvq_hf.data.photo_corpus import PHOTO_CORPUS_DIR
+from arcvq_hf.utils.io_utils import atomic_output_dir
 
 MANIFEST_NAME = "photo_corpus_manifest.json"
 DEFAULT_CACHE = "data/photo-corpus-cache"

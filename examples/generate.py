@@ -15,9 +15,9 @@ import torch
 from transformers import GPT2LMHeadModel, PretrainedConfig
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.io_utils import require_existing_folder, save_image_atomic
-from arcvq_hf.prior import PRIOR_CONFIG_KEY, prior_settings, sample_image_tokens
-from arcvq_hf.prior_data import decode_image_tokens, image_grid
+from arcvq_hf.prior.language_model import PRIOR_CONFIG_KEY, prior_settings, sample_image_tokens
+from arcvq_hf.prior.token_data import decode_image_tokens, image_grid
+from arcvq_hf.utils.io_utils import require_existing_folder, save_image_atomic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

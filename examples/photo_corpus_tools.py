@@ -23,8 +23,8 @@ import PIL.Image
 import PIL.ImageOps
 from photo_corpus_sources import RESERVED_FILE_NAMES, RESERVED_SHA256, SHORT_SIDE
 
-from arcvq_hf.io_utils import atomic_write_text
-from arcvq_hf.photo_corpus import PHOTO_CORPUS_BUILD_COMMAND
+from arcvq_hf.data.photo_corpus import PHOTO_CORPUS_BUILD_COMMAND
+from arcvq_hf.utils.io_utils import atomic_write_text
 
 PIL.Image.MAX_IMAGE_PIXELS = None  # the largest listed photo is 5312x2988; all are trusted package files
 

@@ -23,11 +23,12 @@ Examples (all offline):
 Options: `--dataset` (mnist-5k | skimage-photos | photos, the photo corpus that examples/build_photo_corpus.py builds |
 save_to_disk folder | image folder | hub id), `--variant vqvae|vqgan`,
 `--preset arcvq|vq-baseline|cosine-only|no-ball|no-arc`, `--model_name_or_path`, `--perceptual_metrics` (LPIPS and
-rFID in the evaluation; weights from `python -m arcvq_hf.perceptual fetch`), the VQGAN recipe's `--disc_*` /
-`--perceptual_weight` (arcvq_hf.gan.GANSettings; its LPIPS-VGG loss needs the same weights), every TrainingArguments
-flag; `python examples/train_arcvq.py --help`
+rFID in the evaluation; weights from `python -m arcvq_hf.evaluation.perceptual fetch`), the VQGAN recipe's `--disc_*` /
+`--perceptual_weight` (arcvq_hf.training.gan.GANSettings; its LPIPS-VGG loss needs the same weights), every
+TrainingArguments flag; `python examples/train_arcvq.py --help`
 lists them all. The output folder gets config.json, model.safetensors, preprocessor_config.json, the model code
-files (for trust_remote_code), the metrics JSONs, training_run.json and a README.md model card (arcvq_hf.model_card).
+files (for trust_remote_code), the metrics JSONs, training_run.json and a README.md model card
+(arcvq_hf.training.model_card).
 
 `--push_to_hub` (with `--hub_model_id`, `--hub_token`, `--hub_private_repo`, `--hub_revision`) uploads that folder
 once, at the end, after the card is written: card, config, weights, code and metrics JSONs, never Trainer's pickled
@@ -49,20 +50,19 @@ from datasets import Image as ImageFeature
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from arcvq_hf import PRESETS, ArcVQConfig, ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.data import (
-    BUILTIN_DATASETS,
-    PHOTO_CROP_SIZE,
-    RandomCropDataset,
-    load_image_dataset,
-    photo_eval_dataset,
-    train_eval_splits,
+from arcvq_hf.data.builtin import BUILTIN_DATASETS, load_image_dataset, train_eval_splits
+from arcvq_hf.data.photo_corpus import PHOTO_CROP_SIZE, RandomCropDataset, photo_eval_dataset
+from arcvq_hf.data.transforms import (
+    infer_num_channels,
+    lazy_image_decoding,
+    pixel_values_transform,
+    pixel_variance,
 )
-from arcvq_hf.gan import ArcVQGANTrainer, GANSettings
-from arcvq_hf.io_utils import looks_like_local_path, removed_if_left_empty, require_existing_folder
-from arcvq_hf.model_card import TrainingRun, write_model_card
-from arcvq_hf.publish import upload_model_folder
-from arcvq_hf.trainer import ArcVQTrainer
-from arcvq_hf.transforms import infer_num_channels, lazy_image_decoding, pixel_values_transform, pixel_variance
+from arcvq_hf.training.gan import ArcVQGANTrainer, GANSettings
+from arcvq_hf.training.model_card import TrainingRun, write_model_card
+from arcvq_hf.training.publish import upload_model_folder
+from arcvq_hf.training.trainer import ArcVQTrainer
+from arcvq_hf.utils.io_utils import looks_like_local_path, removed_if_left_empty, require_existing_folder
 
 
 @dataclass
@@ -133,7 +133,7 @@ class DataArguments:
         default=False,
         metadata={
             "help": "Also report LPIPS-alex and rFID on the evaluation split (slow on CPU: ~0.5 s per image for "
-            "rFID); their weights come from `python -m arcvq_hf.perceptual fetch`."
+            "rFID); their weights come from `python -m arcvq_hf.evaluation.perceptual fetch`."
         },
     )
 

@@ -3,7 +3,7 @@
     python examples/train_plain_pytorch.py --steps 200 --eval_every 50            # the paper's VQ-VAE, ArcVQ preset
     python examples/train_plain_pytorch.py --preset vq-baseline --steps 200
 
-The protocol is the reference run's (shared TARGETS.md): the fixed 4000 / 1000 split, Adam 3e-4, batch 256,
+The protocol is the reference run's (docs/method.md §4): the fixed 4000 / 1000 split, Adam 3e-4, batch 256,
 MSE / data variance. The loop's one ArcVQ-specific line is `model.set_training_step(step)`, which drives the ball
 radius and the arc-loss weight.
 """
@@ -17,9 +17,9 @@ import time
 import torch
 
 from arcvq_hf import PRESETS, ArcVQConfig, ArcVQModel
-from arcvq_hf.data import mnist_arrays
-from arcvq_hf.metrics import evaluate_reconstruction
-from arcvq_hf.transforms import pixel_variance
+from arcvq_hf.data.builtin import mnist_arrays
+from arcvq_hf.data.transforms import pixel_variance
+from arcvq_hf.evaluation.loop import evaluate_reconstruction
 
 REPORTED = ("reconstruction_loss", "codebook_utilization", "perplexity", "dead_codes", "psnr", "ssim")
 

@@ -23,11 +23,11 @@ from datasets import ClassLabel
 from transformers import GPT2LMHeadModel, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.data import load_image_dataset, train_eval_splits
-from arcvq_hf.io_utils import atomic_write_json, require_existing_folder
-from arcvq_hf.prior import ImageTokenVocabulary, bits_per_token, image_token_nll, prior_config
-from arcvq_hf.prior_data import ImageTokenCollator, tokenize_image_dataset
-from arcvq_hf.publish import upload_model_folder
+from arcvq_hf.data.builtin import load_image_dataset, train_eval_splits
+from arcvq_hf.prior.language_model import ImageTokenVocabulary, bits_per_token, image_token_nll, prior_config
+from arcvq_hf.prior.token_data import ImageTokenCollator, tokenize_image_dataset
+from arcvq_hf.training.publish import upload_model_folder
+from arcvq_hf.utils.io_utils import atomic_write_json, require_existing_folder
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 from huggingface_hub import is_offline_mode
 
 from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.io_utils import looks_like_local_path
+from arcvq_hf.utils.io_utils import looks_like_local_path
 
 logger = logging.getLogger("arcvq_space")
 

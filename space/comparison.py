@@ -19,12 +19,12 @@ import torch
 from checkpoint_catalog import LoadedModel
 from uploads import InputImageError, decode_upload
 
-from arcvq_hf.image_processing_arcvq import from_unit_range, image_num_channels, to_unit_array
-from arcvq_hf.metrics import CodebookUsage, psnr, ssim
+from arcvq_hf.evaluation.codebook_metrics import CodebookUsage
+from arcvq_hf.evaluation.image_metrics import psnr, ssim
+from arcvq_hf.model.image_processing_arcvq import from_unit_range, image_num_channels, to_unit_array
 
 try:
-    from arcvq_hf.metrics import lpips
-    from arcvq_hf.perceptual import LPIPS_MIN_SIZE
+    from arcvq_hf.evaluation.perceptual import LPIPS_MIN_SIZE, lpips
 except ImportError:  # a package without the perceptual metrics: the LPIPS column says how to get them
     lpips = None
 
@@ -33,7 +33,7 @@ logger = logging.getLogger("arcvq_space")
 MAX_SIDE_RANGE = (32, 512)
 DEFAULT_MAX_SIDE = 256
 LPIPS_NET = "alex"
-LPIPS_UNAVAILABLE = "n/a (run python -m arcvq_hf.perceptual fetch)"
+LPIPS_UNAVAILABLE = "n/a (run python -m arcvq_hf.evaluation.perceptual fetch)"
 
 
 @dataclass

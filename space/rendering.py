@@ -18,7 +18,7 @@ from gradio.utils import get_upload_folder
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from arcvq_hf.io_utils import atomic_write_bytes
+from arcvq_hf.utils.io_utils import atomic_write_bytes
 
 
 @functools.cache

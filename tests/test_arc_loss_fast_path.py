@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from arcvq_hf.quantization import _top_k_per_row, arc_margin_loss, dense_arc_margin_loss
+from arcvq_hf.model.quantization import _top_k_per_row, arc_margin_loss, dense_arc_margin_loss
 
 
 @pytest.mark.parametrize(

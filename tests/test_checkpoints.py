@@ -14,8 +14,8 @@ import torch
 from transformers import AutoImageProcessor, AutoModel
 
 import arcvq_hf  # noqa: F401  (registers the Auto classes)
-from arcvq_hf.data import load_builtin_dataset
-from arcvq_hf.metrics import psnr
+from arcvq_hf.data.builtin import load_builtin_dataset
+from arcvq_hf.evaluation.image_metrics import psnr
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 EVAL_IMAGES = 200
@@ -46,7 +46,7 @@ def _reconstruct(model, processor, images) -> tuple[torch.Tensor, torch.Tensor]:
 def test_checkpoint_remote_code_is_the_package_source(name):
     # `trust_remote_code=True` runs the .py files inside the folder, so they are copies of the package; a change to
     # the package that is not copied here would ship stale remote code.
-    package = Path(arcvq_hf.__file__).parent
+    package = Path(arcvq_hf.__file__).parent / "model"
     copies = sorted((CHECKPOINTS / name).glob("*.py"))
     assert [copy.name for copy in copies] == [
         "backbones_arcvq.py",
@@ -57,7 +57,7 @@ def test_checkpoint_remote_code_is_the_package_source(name):
     ]
     for copy in copies:
         assert copy.read_bytes() == (package / copy.name).read_bytes(), (
-            f"checkpoints/{name}/{copy.name} differs from arcvq_hf/{copy.name}: copy the package file into the folder"
+            f"checkpoints/{name}/{copy.name} is stale: run python tools/sync_checkpoint_code.py"
         )
 
 

@@ -1,4 +1,4 @@
-"""ArcVQConfig: SPEC.md defaults, presets, validation, JSON round trip."""
+"""ArcVQConfig: docs/method.md §1.7 defaults, presets, validation, JSON round trip."""
 
 import pytest
 

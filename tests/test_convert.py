@@ -1,7 +1,7 @@
 """Conversion of the authors' VQ-VAE and of taming VQGAN checkpoints.
 
 Each test builds a state dict in the source layout itself and checks the converted -> saved -> loaded model against
-a functional forward pass written here directly on the source tensors (SPEC.md §1 for the VQ-VAE, taming's
+a functional forward pass written here directly on the source tensors (docs/method.md §1 for the VQ-VAE, taming's
 Encoder / Decoder for the VQGAN), so the key mapping is checked against an independent reading of the layout.
 """
 
@@ -16,12 +16,16 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.convert_common import resolve_checkpoint
-from arcvq_hf.convert_taming_checkpoint import convert_taming_checkpoint, convert_taming_state_dict
-from arcvq_hf.convert_taming_checkpoint import main as taming_main
-from arcvq_hf.convert_vqvae_checkpoint import MNIST_DATA_VARIANCE, convert_vqvae_checkpoint, convert_vqvae_state_dict
-from arcvq_hf.convert_vqvae_checkpoint import main as vqvae_main
-from arcvq_hf.diffusers_export import to_diffusers
+from arcvq_hf.interop.convert_common import resolve_checkpoint
+from arcvq_hf.interop.convert_taming_checkpoint import convert_taming_checkpoint, convert_taming_state_dict
+from arcvq_hf.interop.convert_taming_checkpoint import main as taming_main
+from arcvq_hf.interop.convert_vqvae_checkpoint import (
+    MNIST_DATA_VARIANCE,
+    convert_vqvae_checkpoint,
+    convert_vqvae_state_dict,
+)
+from arcvq_hf.interop.convert_vqvae_checkpoint import main as vqvae_main
+from arcvq_hf.interop.diffusers_export import to_diffusers
 
 # ----------------------------------------------------------------------------------------------------------------
 # Source-layout state dicts with random weights

@@ -5,7 +5,7 @@ import PIL.Image
 import pytest
 from datasets import Dataset, DatasetDict, Image
 
-from arcvq_hf.data import (
+from arcvq_hf.data.builtin import (
     PHOTO_SOURCES,
     PHOTO_TEST_SOURCES,
     load_builtin_dataset,

@@ -9,7 +9,7 @@ import torch
 from diffusers import VQModel
 
 from arcvq_hf import ArcVQConfig, ArcVQModel
-from arcvq_hf.diffusers_export import export_folder, main, to_diffusers
+from arcvq_hf.interop.diffusers_export import export_folder, main, to_diffusers
 
 
 def tiny_vqgan(attention: bool) -> ArcVQModel:

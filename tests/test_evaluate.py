@@ -1,4 +1,4 @@
-"""python -m arcvq_hf.evaluate: re-evaluating a saved folder writes exactly what ArcVQTrainer.evaluate reports."""
+"""python -m arcvq_hf.evaluation: re-evaluating a saved folder writes exactly what ArcVQTrainer.evaluate reports."""
 
 import json
 
@@ -6,9 +6,9 @@ import pytest
 from tiny_training import digits, needs_perceptual_weights, save_digit_dataset, tiny_model, training_args
 
 from arcvq_hf import ArcVQImageProcessor
-from arcvq_hf.evaluate import main
-from arcvq_hf.trainer import ArcVQTrainer
-from arcvq_hf.transforms import pixel_values_transform
+from arcvq_hf.data.transforms import pixel_values_transform
+from arcvq_hf.evaluation.command import main
+from arcvq_hf.training.trainer import ArcVQTrainer
 
 SPEED_KEYS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 PERCEPTUAL_KEYS = ("eval_lpips", "eval_lpips_resize", "eval_rfid", "eval_rfid_num_images")
@@ -86,7 +86,7 @@ def _mean_psnr(folder, images, **processor_overrides) -> float:
     import torch
 
     from arcvq_hf import ArcVQModel
-    from arcvq_hf.metrics import psnr
+    from arcvq_hf.evaluation.image_metrics import psnr
 
     model = ArcVQModel.from_pretrained(folder).eval()
     processor = ArcVQImageProcessor.from_pretrained(folder)
@@ -100,7 +100,7 @@ def _mean_psnr(folder, images, **processor_overrides) -> float:
 
 
 def test_crop_size_measures_the_fixed_crops_of_whole_photos(tmp_path) -> None:
-    from arcvq_hf.data import photo_eval_dataset
+    from arcvq_hf.data.photo_corpus import photo_eval_dataset
 
     folder, corpus = _saved_photo_folder_and_corpus(tmp_path)
     output = tmp_path / "crops.json"

@@ -52,7 +52,8 @@ CHILD = textwrap.dedent(
     # The package is imported, so its own classes serve the folder: no remote code to trust.
     result = pipeline("image-tokenization", model=folder, trust_remote_code=False)(photo)
     errors = {}
-    for module in ("arcvq_hf.data", "arcvq_hf.trainer", "arcvq_hf.prior_data", "arcvq_hf.diffusers_export"):
+    modules = ("arcvq_hf.data.builtin", "arcvq_hf.training.trainer", "arcvq_hf.prior.token_data")
+    for module in (*modules, "arcvq_hf.interop.diffusers_export"):
         try:
             __import__(module)
             errors[module] = None
@@ -84,10 +85,10 @@ def test_core_install_tokenizes_and_optional_parts_name_their_extra(tmp_path):
     assert report["tokens"] == [1, 10, 14] and report["pixels"] == [1, 1, 40, 56]
     assert report["pipeline_equal"] and report["loaded"] == []
     expected_extra = {
-        "arcvq_hf.data": "data",
-        "arcvq_hf.trainer": "train",
-        "arcvq_hf.prior_data": "train",
-        "arcvq_hf.diffusers_export": "diffusers",
+        "arcvq_hf.data.builtin": "data",
+        "arcvq_hf.training.trainer": "train",
+        "arcvq_hf.prior.token_data": "train",
+        "arcvq_hf.interop.diffusers_export": "diffusers",
     }
     for module, extra in expected_extra.items():
         assert f"pip install 'arcvq-hf[{extra}]'" in (report["errors"][module] or ""), (module, report["errors"])

@@ -11,9 +11,9 @@ from tiny_training import CACHE_ENV, FETCH_COMMAND, needs_perceptual_weights, tr
 from transformers import HfArgumentParser, Trainer
 
 from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.gan import ArcVQGANTrainer, GANSettings, decoder_last_layer
-from arcvq_hf.metrics import LPIPS, PerceptualWeightsMissingError, lpips
-from arcvq_hf.transforms import pixel_values_transform
+from arcvq_hf.data.transforms import pixel_values_transform
+from arcvq_hf.evaluation.perceptual import LPIPS, PerceptualWeightsMissingError, lpips
+from arcvq_hf.training.gan import ArcVQGANTrainer, GANSettings, decoder_last_layer
 
 TINY_VQGAN = {
     "variant": "vqgan",

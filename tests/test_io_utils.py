@@ -6,7 +6,7 @@ import os
 import PIL.Image
 import pytest
 
-from arcvq_hf.io_utils import (
+from arcvq_hf.utils.io_utils import (
     atomic_output_dir,
     atomic_write,
     atomic_write_json,

@@ -1,4 +1,4 @@
-"""arcvq_hf.metrics against independent computations (skimage, numpy, scipy, hand counts)."""
+"""arcvq_hf.evaluation against independent computations (skimage, numpy, scipy, hand counts)."""
 
 import math
 
@@ -10,22 +10,21 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tiny_training import needs_perceptual_weights
 
 from arcvq_hf import ArcVQConfig, ArcVQModel
-from arcvq_hf.metrics import (
+from arcvq_hf.evaluation.codebook_metrics import (
     CodebookUsage,
-    ReconstructionMetrics,
     angular_dispersion,
     code_norm_stats,
     codebook_utilization,
     dead_codes,
-    evaluate_reconstruction,
-    inception_features,
-    l1_error,
-    lpips,
     perplexity,
-    psnr,
-    reference_inception_features,
-    ssim,
 )
+from arcvq_hf.evaluation.image_metrics import l1_error, psnr, ssim
+from arcvq_hf.evaluation.loop import (
+    ReconstructionMetrics,
+    evaluate_reconstruction,
+    reference_inception_features,
+)
+from arcvq_hf.evaluation.perceptual import inception_features, lpips
 
 
 def _image_pairs(batch: int, channels: int, height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from arcvq_hf import ArcVQConfig, ArcVQModel
-from arcvq_hf.model_card import (
+from arcvq_hf.training.model_card import (
     BIBTEX,
     RUN_FILE,
     TrainingRun,
@@ -109,6 +109,6 @@ def test_lpips_and_rfid_appear_with_their_resize_and_image_count_only_when_measu
     assert results["rfid"].metric_value == 31.5 and results["rfid"].metric_name == "rFID (1000 images)"
     assert "| LPIPS (v0.1, AlexNet, per image) | 0.0812 |" in card.text and "| 1000 |" in card.text
     assert "upsampling to 64x64 px" in card.text and "of the 1000 evaluation images" in card.text
-    assert "biased upward" in card.text and "python -m arcvq_hf.perceptual fetch" in card.text
+    assert "biased upward" in card.text and "python -m arcvq_hf.evaluation.perceptual fetch" in card.text
     plain = _card("arcvq")
     assert "lpips" not in {r.metric_type for r in plain.data.eval_results} and "LPIPS" not in plain.text

@@ -1,7 +1,7 @@
-"""LPIPS and rFID (arcvq_hf.perceptual): the published formula, the Fréchet distance, safe weight loading.
+"""LPIPS and rFID (arcvq_hf.evaluation.perceptual): the published formula, the Fréchet distance, safe weight loading.
 
 Tests that need the converted weights skip (with the command that installs them) when they are absent; CI runs
-`python -m arcvq_hf.perceptual fetch` first, so there they run.
+`python -m arcvq_hf.evaluation.perceptual fetch` first, so there they run.
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arcvq_hf import perceptual
-from arcvq_hf.metrics import frechet_inception_distance, lpips
-from arcvq_hf.perceptual import (
+from arcvq_hf.evaluation import perceptual
+from arcvq_hf.evaluation.perceptual import (
     FETCH_COMMAND,
     LPIPS,
     FrechetInceptionDistance,
     PerceptualWeightsMissingError,
     UnsafePickleError,
     frechet_distance,
+    frechet_inception_distance,
     inception_features,
     load_numpy_pickle,
+    lpips,
     read_torchscript_tensors,
     tf1_bilinear_resize,
     weights_available,
@@ -90,7 +91,9 @@ def test_missing_weights_error_names_the_fetch_command(tmp_path, monkeypatch):
     assert not weights_available()
     x = torch.zeros(1, 3, 64, 64)
     for call in (lambda: lpips(x, x), lambda: lpips(x, x, net="vgg"), lambda: inception_features(x)):
-        with pytest.raises(PerceptualWeightsMissingError, match="python -m arcvq_hf.perceptual fetch") as error:
+        with pytest.raises(
+            PerceptualWeightsMissingError, match="python -m arcvq_hf.evaluation.perceptual fetch"
+        ) as error:
             call()
         assert str(tmp_path) in str(error.value)
 
@@ -103,7 +106,7 @@ def test_package_and_metrics_work_without_scipy():
 
     code = (
         "import sys; sys.modules['scipy'] = None\n"
-        "import numpy as np, arcvq_hf, arcvq_hf.metrics as m\n"
+        "import numpy as np, arcvq_hf, arcvq_hf.evaluation.perceptual as m\n"
         "print(m.frechet_distance(np.zeros(3), np.eye(3), np.ones(3), np.eye(3)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -15,12 +15,11 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from arcvq_hf import photo_corpus
-from arcvq_hf.data import (
+from arcvq_hf.data import photo_corpus
+from arcvq_hf.data.builtin import load_builtin_dataset, load_image_dataset
+from arcvq_hf.data.photo_corpus import (
     PhotoCorpusNotFoundError,
     RandomCropDataset,
-    load_builtin_dataset,
-    load_image_dataset,
     load_photo_corpus,
     photo_eval_crops,
     photo_eval_dataset,

@@ -1,6 +1,6 @@
-"""Tests of arcvq_hf.prior and arcvq_hf.prior_data: raster order, the vocabulary bijection, constrained generation,
-token data sets, and that a tiny GPT-2 prior learns. Everything uses tiny random models; nothing depends on shipped
-checkpoints."""
+"""Tests of arcvq_hf.prior.language_model and arcvq_hf.prior.token_data: raster order, the vocabulary bijection,
+constrained generation, token data sets, and that a tiny GPT-2 prior learns. Everything uses tiny random models;
+nothing depends on shipped checkpoints."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
 
-import arcvq_hf.prior_data as prior_data_module
+import arcvq_hf.prior.token_data as prior_data_module
 from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.io_utils import save_image_atomic
-from arcvq_hf.prior import (
+from arcvq_hf.prior.language_model import (
     ImageTokenLogitsProcessor,
     ImageTokenVocabulary,
     bits_per_token,
@@ -31,7 +30,8 @@ from arcvq_hf.prior import (
     raster_order,
     sample_image_tokens,
 )
-from arcvq_hf.prior_data import ImageTokenCollator, encode_images, image_grid, tokenize_image_dataset
+from arcvq_hf.prior.token_data import ImageTokenCollator, encode_images, image_grid, tokenize_image_dataset
+from arcvq_hf.utils.io_utils import save_image_atomic
 
 CODEBOOK_SIZE = 32
 LATENT_SHAPE = (3, 3)

@@ -4,7 +4,7 @@ example, with the upload stubbed, is in test_train_arcvq.py)."""
 import huggingface_hub
 import pytest
 
-from arcvq_hf.publish import published_files, upload_model_folder
+from arcvq_hf.training.publish import published_files, upload_model_folder
 
 
 def test_published_files_are_the_card_config_weights_code_and_metrics_only(tmp_path) -> None:

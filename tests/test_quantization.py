@@ -1,4 +1,4 @@
-"""The SAMP quantizer against independent computations (SPEC.md §1)."""
+"""The SAMP quantizer against independent computations (docs/method.md §1)."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arcvq_hf.configuration_arcvq import ArcVQConfig
-from arcvq_hf.quantization import (
+from arcvq_hf.model.configuration_arcvq import ArcVQConfig
+from arcvq_hf.model.quantization import (
     SphericalAngularMarginQuantizer,
     arc_margin_loss,
     arc_weight_at,
@@ -164,7 +164,7 @@ def test_straight_through_forward_is_the_code_and_backward_is_identity():
 
 
 def _acos_arc_loss(latents, codebook, scale, margin, top_k):
-    """SPEC.md §1.5 written literally with acos, in float64: an independent reference away from |cos| = 1."""
+    """docs/method.md §1.5 written literally with acos, in float64: an independent reference away from |cos| = 1."""
     cosines = F.normalize(codebook.double(), dim=1) @ F.normalize(latents.double(), dim=1).T
     positives = cosines.topk(top_k, dim=1).indices
     logits = scale * cosines.clone()

@@ -40,7 +40,7 @@ from skimage import data as skimage_data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.image_processing_arcvq import from_unit_range, to_unit_array
+from arcvq_hf.model.image_processing_arcvq import from_unit_range, to_unit_array
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPACE_DIR = REPO_ROOT / "space"
@@ -167,15 +167,15 @@ def _skimage_metrics(reconstruction: np.ndarray, original: np.ndarray) -> tuple[
 
 
 def _lpips_available() -> bool:
-    if importlib.util.find_spec("arcvq_hf.perceptual") is None:
+    if importlib.util.find_spec("arcvq_hf.evaluation.perceptual") is None:
         return False
-    from arcvq_hf.perceptual import weights_available
+    from arcvq_hf.evaluation.perceptual import weights_available
 
     return weights_available("alex")
 
 
 def _package_lpips(reconstruction: np.ndarray, original: np.ndarray) -> float:
-    from arcvq_hf.metrics import lpips
+    from arcvq_hf.evaluation.perceptual import lpips
 
     pair = [
         from_unit_range(torch.from_numpy(to_unit_array(x)).permute(2, 0, 1)[None]) for x in (reconstruction, original)
@@ -215,7 +215,7 @@ def test_real_photo_shapes_metrics_and_token_maps(client, sources, tmp_path):
             assert f"| {label} | {psnr:.2f} | {ssim:.4f} | {lpips:.4f} |" in result["table"]
         else:
             assert shown["lpips"] is None
-            assert "LPIPS: n/a (run python -m arcvq_hf.perceptual fetch)" in result["table"]
+            assert "LPIPS: n/a (run python -m arcvq_hf.evaluation.perceptual fetch)" in result["table"]
         # Token map: one colour per factor x factor block, as many colours as codes used.
         factor = catalog.load(source).downsampling_factor
         token_map = result[f"{key}_tokens"]
@@ -404,7 +404,7 @@ def test_lpips_says_how_to_get_it_when_its_weights_are_missing(monkeypatch, tmp_
     }
     result = comparison.reconstruct_comparison(app.EXAMPLES_DIR / "chelsea.png", 64, models)
     assert [model.lpips for model in result.models] == [None, None]
-    assert "LPIPS: n/a (run python -m arcvq_hf.perceptual fetch)" in rendering.metrics_table(result)
+    assert "LPIPS: n/a (run python -m arcvq_hf.evaluation.perceptual fetch)" in rendering.metrics_table(result)
     assert rendering.metrics_record(result)["models"][app.VQ_LABEL]["lpips"] is None
 
 

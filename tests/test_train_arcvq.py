@@ -19,9 +19,10 @@ from safetensors.torch import load_file
 from tiny_training import CACHE_ENV, FETCH_COMMAND, TINY, digits, needs_perceptual_weights, save_digit_dataset
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.data import mnist_arrays
-from arcvq_hf.metrics import PerceptualWeightsMissingError, evaluate_reconstruction
-from arcvq_hf.transforms import CorruptImageError, pixel_values_transform
+from arcvq_hf.data.builtin import mnist_arrays
+from arcvq_hf.data.transforms import CorruptImageError, pixel_values_transform
+from arcvq_hf.evaluation.loop import evaluate_reconstruction
+from arcvq_hf.evaluation.perceptual import PerceptualWeightsMissingError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = json.dumps({k: v for k, v in TINY.items() if k not in ("hidden_size", "codebook_size")})
@@ -267,7 +268,7 @@ def test_random_crop_training_on_whole_photos_evaluates_on_the_fixed_crops(examp
     from datasets import Dataset, DatasetDict
     from datasets import Image as ImageFeature
 
-    from arcvq_hf.data import photo_eval_dataset
+    from arcvq_hf.data.photo_corpus import photo_eval_dataset
 
     rng = np.random.RandomState(0)
 

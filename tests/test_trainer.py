@@ -8,11 +8,12 @@ from datasets import Dataset
 from tiny_training import CACHE_ENV, FETCH_COMMAND, digits, needs_perceptual_weights, tiny_model, training_args
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
-from arcvq_hf.image_processing_arcvq import to_unit_range
-from arcvq_hf.metrics import PerceptualWeightsMissingError, evaluate_reconstruction, lpips
-from arcvq_hf.quantization import arc_weight_at, ball_radius, project_onto_ball_
-from arcvq_hf.trainer import ArcVQTrainer
-from arcvq_hf.transforms import pixel_values_transform
+from arcvq_hf.data.transforms import pixel_values_transform
+from arcvq_hf.evaluation.loop import evaluate_reconstruction
+from arcvq_hf.evaluation.perceptual import PerceptualWeightsMissingError, lpips
+from arcvq_hf.model.image_processing_arcvq import to_unit_range
+from arcvq_hf.model.quantization import arc_weight_at, ball_radius, project_onto_ball_
+from arcvq_hf.training.trainer import ArcVQTrainer
 
 
 @pytest.fixture(scope="module")

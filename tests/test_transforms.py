@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset, Image
 
 from arcvq_hf import ArcVQImageProcessor
-from arcvq_hf.transforms import (
+from arcvq_hf.data.transforms import (
     CorruptImageError,
     infer_num_channels,
     lazy_image_decoding,

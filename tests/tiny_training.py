@@ -9,13 +9,13 @@ from datasets import Dataset, DatasetDict, Image
 from transformers import TrainingArguments
 
 from arcvq_hf import ArcVQConfig, ArcVQModel
-from arcvq_hf.data import mnist_arrays
-from arcvq_hf.image_processing_arcvq import to_unit_range
-from arcvq_hf.metrics import perceptual_weights_available
+from arcvq_hf.data.builtin import mnist_arrays
+from arcvq_hf.evaluation.loop import perceptual_weights_available
+from arcvq_hf.model.image_processing_arcvq import to_unit_range
 
 # The documented command (the error for missing weights must name exactly this).
-FETCH_COMMAND = "python -m arcvq_hf.perceptual fetch"
-# Where arcvq_hf.perceptual looks for the weights; pointing it at an empty folder simulates a machine without them.
+FETCH_COMMAND = "python -m arcvq_hf.evaluation.perceptual fetch"
+# Where arcvq_hf.evaluation.perceptual looks for the weights; an empty folder there simulates a machine without them.
 CACHE_ENV = "ARCVQ_PERCEPTUAL_CACHE"
 
 TINY = {

@@ -15,7 +15,7 @@ from torch import nn
 from .configuration_arcvq import ArcVQConfig
 
 # ----------------------------------------------------------------------------------------------------------------
-# Blocks of the paper's small VQ-VAE (SPEC.md §1): x4 down/up-sampling, residual stack of ReLU-3x3-ReLU-1x1.
+# Blocks of the paper's small VQ-VAE (docs/method.md §1): x4 down/up-sampling, residual stack of ReLU-3x3-ReLU-1x1.
 # Every convolution has a bias, as in the authors' release, so their trained weights load unchanged.
 # ----------------------------------------------------------------------------------------------------------------
 

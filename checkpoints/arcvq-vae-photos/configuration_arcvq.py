@@ -1,4 +1,4 @@
-"""Configuration of ArcVQ-VAE: backbone sizes and every knob of the SAMP quantizer (SPEC.md §1)."""
+"""Configuration of ArcVQ-VAE: backbone sizes and every knob of the SAMP quantizer (docs/method.md §1)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ CODEBOOK_INITS = ("uniform_normalized", "uniform_scaled")
 RECONSTRUCTION_LOSSES = ("mse", "l1")
 
 
-# Local paths vs Hub ids: defined here because this file travels with checkpoints; arcvq_hf.io_utils re-exports them.
+# Local paths vs Hub ids: defined here because this file travels with checkpoints; arcvq_hf.utils.io_utils uses them.
 
 
 def looks_like_local_path(name: str | os.PathLike) -> bool:
@@ -328,7 +328,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # The authors' ImageNet VQGAN (their taming fork, configs/imagenet_vqgan.yaml): z_channels = embed_dim = 16 and
 # taming's default legacy beta placement (commitment weight 1, codebook weight 0.25). One deliberate difference:
-# their BBNR also runs in validation forwards that are given a step; ours, like SPEC.md, only in training.
+# their BBNR also runs in validation forwards that are given a step; ours, like docs/method.md §1.4, only in training.
 VQGAN_VARIANT: dict[str, Any] = {
     "backbone": "vqgan",
     "codebook_size": 1024,

@@ -1,6 +1,6 @@
-"""The SAMP quantizer (SPEC.md §1): angle assignment, ball bound, VQ loss and the chunked arc-margin loss.
+"""The SAMP quantizer (docs/method.md §1): angle assignment, ball bound, VQ loss and the chunked arc-margin loss.
 
-Every numbered step of SPEC.md §1 has one named function here:
+Every numbered step of docs/method.md §1 has one named function here:
   1. `init_codebook_`          codebook init
   2. `assign_codes`            nearest code by angle (or euclidean distance), chunked, float32
   3. `vq_loss`                 codebook + beta * commitment
@@ -240,7 +240,7 @@ def arc_margin_loss(
     top_k: int = 3,
     max_elements: int = 2**22,
 ) -> torch.Tensor:
-    """ArcCosine additive-margin loss of SPEC.md §1.5, with the codebook detached.
+    """ArcCosine additive-margin loss of docs/method.md §1.5, with the codebook detached.
 
     For each code j, the `top_k` latents of the batch closest in angle are its positives P_j; their logits get the
     additive angular margin. L = -mean_j log(sum_{i in P_j} exp(l_ji) / sum_i exp(l_ji)), computed with logsumexp.

@@ -61,7 +61,7 @@ class ArcVQPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """PyTorch's default init for convolutions and linears (the reference trains from it), the SPEC codebook
+        """PyTorch's default init for convolutions and linears (the reference trains from it), the codebook
         init, step 0. `transformers.initialization` skips tensors that were loaded from a checkpoint."""
         if isinstance(module, SphericalAngularMarginQuantizer):
             if not getattr(module.embedding.weight, "_is_hf_initialized", False):
@@ -134,7 +134,7 @@ class ArcVQModel(ArcVQPreTrainedModel):
     """Encoder -> 1x1 quant conv -> SAMP quantizer -> post-quant conv -> decoder.
 
     The training step that drives the ball radius and the arc weight is `quantizer.step`, a persistent buffer:
-    call `set_training_step(step)` before each optimizer step (the Trainer callback in `arcvq_hf.trainer` does).
+    call `set_training_step(step)` before each optimizer step (`arcvq_hf.training.trainer`'s callback does).
     """
 
     def __init__(self, config: ArcVQConfig) -> None:

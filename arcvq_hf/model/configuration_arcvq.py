@@ -1,0 +1,354 @@
+"""Configuration of ArcVQ-VAE: backbone sizes and every knob of the SAMP quantizer (docs/method.md §1)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transformers import PretrainedConfig
+
+BACKBONES = ("vqvae", "vqgan")
+DISTANCES = ("cosine", "euclidean")
+CODEBOOK_INITS = ("uniform_normalized", "uniform_scaled")
+RECONSTRUCTION_LOSSES = ("mse", "l1")
+
+
+# Local paths vs Hub ids: defined here because this file travels with checkpoints; arcvq_hf.utils.io_utils uses them.
+
+
+def looks_like_local_path(name: str | os.PathLike) -> bool:
+    """Whether `name` can only be meant as a local path: absolute, starting with `.` or `~`, holding a backslash or
+    more than one `/`, not a valid Hub repo id, or inside a local folder that exists (`runs/model` when `runs/` is
+    there). `org/name` with no such folder counts as a Hub id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    text = os.fspath(name)
+    if os.path.isabs(text) or text.startswith((".", "~")) or "\\" in text or text.count("/") > 1:
+        return True
+    if "/" in text and os.path.isdir(text.split("/", 1)[0]):
+        return True
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return True
+    return False
+
+
+def require_existing_folder(path: str | os.PathLike, what: str) -> str:
+    """Return `path` if it is an existing folder or a plausible Hub repo id; otherwise raise a clear error.
+
+    Args:
+        path: what the user gave (a local folder or a Hub id such as `org/name`).
+        what: how to name it in the message, e.g. `"--model_name_or_path"`.
+    Raises:
+        NotADirectoryError: `path` is an existing file.
+        FileNotFoundError: `path` looks like a local path (see `looks_like_local_path`) and does not exist.
+    """
+    text = os.fspath(path)
+    if os.path.isdir(text):
+        return text
+    if os.path.exists(text):
+        raise NotADirectoryError(f"{what} {text!r} is a file; it must be a saved folder (or a Hub repo id).")
+    if looks_like_local_path(text):
+        raise FileNotFoundError(
+            f"{what} {text!r}: no such local folder (looked in {os.path.abspath(os.path.expanduser(text))}). "
+            "Give an existing folder written by save_pretrained, or a Hub repo id such as `org/name`."
+        )
+    return text
+
+
+def require_readable_safetensors(folder: str | os.PathLike) -> None:
+    """Raise a clear OSError, naming the file, for a truncated, empty or corrupt `.safetensors` file in a local
+    `folder` (only the header is read). Without it, loading fails deep inside transformers with safetensors' bare
+    "Error while deserializing header" and no file name."""
+    if not os.path.isdir(folder):
+        return
+    from safetensors import SafetensorError, safe_open
+
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not name.endswith(".safetensors") or not os.path.isfile(path):
+            continue
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError as err:
+            raise OSError(
+                f"{path} ({os.path.getsize(path)} bytes) is not a readable safetensors file: truncated, empty or "
+                f"corrupt (safetensors said: {err}). Download or save it again."
+            ) from err
+
+
+class ArcVQConfig(PretrainedConfig):
+    r"""
+    Configuration for [`ArcVQModel`]. Defaults are the paper's small VQ-VAE with the full SAMP prior.
+
+    Backbone:
+        num_channels (`int`, 3): image channels in and out.
+        backbone (`str`, `"vqvae"`): `"vqvae"` (the paper's x4 conv/residual net) or `"vqgan"` (taming-style
+            x2^(len(channel_multipliers)-1) net built from diffusers' Encoder/Decoder blocks).
+        hidden_size / residual_hidden_size / num_residual_layers: the `"vqvae"` backbone's widths.
+        base_channels / channel_multipliers / layers_per_block / norm_num_groups / latent_channels /
+            attention_at_lowest_resolution: the `"vqgan"` backbone's shape.
+    Quantizer:
+        codebook_size (`int`, 512): K.  codebook_dim (`int`, 64): D.
+        distance (`str`, `"cosine"`): code assignment, `"cosine"` (SAMP) or `"euclidean"` (plain VQ).
+        codebook_init (`str`, `"uniform_normalized"`): `"uniform_normalized"` = U(-1, 1) rows scaled to norm 1;
+            `"uniform_scaled"` = U(-1/K, 1/K) as in the textbook VQ-VAE.
+        commitment_cost (`float`, 0.25): beta.  legacy_beta_placement (`bool`, False): put beta on the codebook term
+            instead of the commitment term (taming's "legacy" behaviour).
+        use_ball_bound (`bool`, True), ball_growth_rate (`float`, 3e-4): BBNR, radius R(t) = exp(alpha * t).
+        use_arc_margin (`bool`, True), arc_scale (s, 5.0), arc_margin (m, 0.1), arc_top_k (3),
+            arc_weight (gamma0, 1.5), arc_weight_decay (lambda, 5e-4): the additive angular-margin loss,
+            weighted by gamma_t = gamma0 * exp(-lambda * t). gamma0 = 1.5 (the authors use 1; preset
+            `arcvq-authors`) was set from the sweep in benchmarks/RESULTS.md, on the earlier bias-free backbone: on
+            mnist-5k at 1500 steps 1 left 14 % of the codes dead, 2 kept 99 % alive but cost 0.65 dB of PSNR, 1.5
+            kept 95.5-96.5 % alive at 22.73-22.84 dB (three seeds). On the current backbone (seed 0,
+            benchmarks/authors-backbone) 1.5 gives 92.2 % / 22.64 dB and 1 gives 80.5 % / 22.77 dB; it has not been
+            re-swept there. Raise it when codebook usage matters more than PSNR.
+        quantizer_chunk_elements (`int`, 2**22): largest number of code-by-token similarities held at once, which
+            bounds the extra memory of assignment and of the arc loss (forward and backward).
+    Reconstruction:
+        reconstruction_loss (`str`, `"mse"`): `"mse"` (divided by `data_variance`) or `"l1"`.
+        data_variance (`float`, 1.0): the VQ-VAE paper's normaliser of the MSE.
+    """
+
+    model_type = "arcvq"
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> tuple[dict, dict]:
+        """`PretrainedConfig.get_config_dict`, with clear errors for a local folder that does not exist or holds an
+        unreadable weights file (checked here because the config is read first)."""
+        require_existing_folder(pretrained_model_name_or_path, "model location")
+        require_readable_safetensors(pretrained_model_name_or_path)
+        return super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+
+    def __init__(
+        self,
+        num_channels: int = 3,
+        backbone: str = "vqvae",
+        hidden_size: int = 128,
+        residual_hidden_size: int = 32,
+        num_residual_layers: int = 2,
+        base_channels: int = 128,
+        channel_multipliers: list[int] | None = None,
+        layers_per_block: int = 2,
+        norm_num_groups: int = 32,
+        latent_channels: int = 256,
+        attention_at_lowest_resolution: bool = True,
+        codebook_size: int = 512,
+        codebook_dim: int = 64,
+        distance: str = "cosine",
+        codebook_init: str = "uniform_normalized",
+        commitment_cost: float = 0.25,
+        legacy_beta_placement: bool = False,
+        use_ball_bound: bool = True,
+        ball_growth_rate: float = 3e-4,
+        use_arc_margin: bool = True,
+        arc_scale: float = 5.0,
+        arc_margin: float = 0.1,
+        arc_top_k: int = 3,
+        arc_weight: float = 1.5,
+        arc_weight_decay: float = 5e-4,
+        quantizer_chunk_elements: int = 2**22,
+        reconstruction_loss: str = "mse",
+        data_variance: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        self.num_channels = num_channels
+        self.backbone = backbone
+        self.hidden_size = hidden_size
+        self.residual_hidden_size = residual_hidden_size
+        self.num_residual_layers = num_residual_layers
+        self.base_channels = base_channels
+        self.channel_multipliers = list(channel_multipliers) if channel_multipliers is not None else [1, 2, 2, 4]
+        self.layers_per_block = layers_per_block
+        self.norm_num_groups = norm_num_groups
+        self.latent_channels = latent_channels
+        self.attention_at_lowest_resolution = attention_at_lowest_resolution
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.distance = distance
+        self.codebook_init = codebook_init
+        self.commitment_cost = commitment_cost
+        self.legacy_beta_placement = legacy_beta_placement
+        self.use_ball_bound = use_ball_bound
+        self.ball_growth_rate = ball_growth_rate
+        self.use_arc_margin = use_arc_margin
+        self.arc_scale = arc_scale
+        self.arc_margin = arc_margin
+        self.arc_top_k = arc_top_k
+        self.arc_weight = arc_weight
+        self.arc_weight_decay = arc_weight_decay
+        self.quantizer_chunk_elements = quantizer_chunk_elements
+        self.reconstruction_loss = reconstruction_loss
+        self.data_variance = data_variance
+        self._validate()
+        super().__init__(**kwargs)
+
+    @property
+    def downsampling_factor(self) -> int:
+        """How many pixels one image token covers along each side."""
+        if self.backbone == "vqvae":
+            return 4
+        return 2 ** (len(self.channel_multipliers) - 1)
+
+    def _validate(self) -> None:
+        def choice(name: str, allowed: tuple[str, ...]) -> None:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ArcVQConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ArcVQConfig.{name} must be an integer >= 1, got {value!r}.")
+
+        def non_negative(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"ArcVQConfig.{name} must be a number >= 0, got {value!r}.")
+
+        choice("backbone", BACKBONES)
+        choice("distance", DISTANCES)
+        choice("codebook_init", CODEBOOK_INITS)
+        choice("reconstruction_loss", RECONSTRUCTION_LOSSES)
+        for name in (
+            "num_channels",
+            "hidden_size",
+            "residual_hidden_size",
+            "base_channels",
+            "layers_per_block",
+            "norm_num_groups",
+            "latent_channels",
+            "codebook_size",
+            "codebook_dim",
+            "arc_top_k",
+            "quantizer_chunk_elements",
+        ):
+            positive_int(name)
+        for name in (
+            "num_residual_layers",
+            "commitment_cost",
+            "ball_growth_rate",
+            "arc_scale",
+            "arc_margin",
+            "arc_weight",
+            "arc_weight_decay",
+        ):
+            non_negative(name)
+        if not self.data_variance > 0:
+            raise ValueError(f"ArcVQConfig.data_variance must be > 0, got {self.data_variance!r}.")
+        if not self.channel_multipliers or any(
+            isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.channel_multipliers
+        ):
+            raise ValueError(
+                f"ArcVQConfig.channel_multipliers must be a non-empty list of integers >= 1, "
+                f"got {self.channel_multipliers!r}."
+            )
+        if self.backbone == "vqgan":
+            for width in [self.base_channels * m for m in self.channel_multipliers]:
+                if width % self.norm_num_groups:
+                    raise ValueError(
+                        f"vqgan backbone: every width base_channels * multiplier ({width}) must be divisible by "
+                        f"norm_num_groups ({self.norm_num_groups})."
+                    )
+
+    # ----- presets -------------------------------------------------------------------------------------------
+    @classmethod
+    def arcvq_vae(cls, **overrides: Any) -> ArcVQConfig:
+        """The paper's small VQ-VAE (x4, K=512, D=64) with the full SAMP prior."""
+        return cls(**{**PRESETS["arcvq"], **overrides})
+
+    @classmethod
+    def arcvq_vqgan(cls, **overrides: Any) -> ArcVQConfig:
+        """The VQGAN variant (x8, K=1024, D=16, ch 128, ch_mult [1, 2, 2, 4]) with its SAMP defaults."""
+        return cls(**{**VQGAN_VARIANT, **overrides})
+
+    @classmethod
+    def plain_vq_vae(cls, **overrides: Any) -> ArcVQConfig:
+        """The textbook VQ-VAE baseline: euclidean assignment, U(-1/K, 1/K) init, no ball bound, no arc loss."""
+        return cls(**{**PRESETS["vq-baseline"], **overrides})
+
+    @classmethod
+    def from_preset(cls, preset: str, variant: str = "vqvae", **overrides: Any) -> ArcVQConfig:
+        """One of `PRESETS` (`arcvq`, `arcvq-authors`, `vq-baseline`, `cosine-only`, `no-ball`, `no-arc`) on the
+        `vqvae` or `vqgan` variant; keyword overrides win."""
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
+        if variant not in BACKBONES:
+            raise ValueError(f"Unknown variant {variant!r}; expected one of {BACKBONES}.")
+        base = VQGAN_VARIANT if variant == "vqgan" else {}
+        return cls(**{**base, **PRESETS[preset], **overrides})
+
+
+# The quantizer switches that define each ablation; backbone knobs come from the variant.
+PRESETS: dict[str, dict[str, Any]] = {
+    "arcvq": {
+        "distance": "cosine",
+        "codebook_init": "uniform_normalized",
+        "use_ball_bound": True,
+        "use_arc_margin": True,
+    },
+    "no-ball": {
+        "distance": "cosine",
+        "codebook_init": "uniform_normalized",
+        "use_ball_bound": False,
+        "use_arc_margin": True,
+    },
+    "no-arc": {
+        "distance": "cosine",
+        "codebook_init": "uniform_normalized",
+        "use_ball_bound": True,
+        "use_arc_margin": False,
+    },
+    # The authors' release recipe: the full prior with their gamma0 = 1 (our default is 1.5, see the docstring).
+    # With `data_variance` = var(train / 255) * 4 (what the training example computes from the training split),
+    # the loss equals theirs term by term; on the vqgan variant it is their ImageNet config.
+    "arcvq-authors": {
+        "distance": "cosine",
+        "codebook_init": "uniform_normalized",
+        "use_ball_bound": True,
+        "use_arc_margin": True,
+        "arc_weight": 1.0,
+    },
+    "cosine-only": {
+        "distance": "cosine",
+        "codebook_init": "uniform_normalized",
+        "use_ball_bound": False,
+        "use_arc_margin": False,
+    },
+    "vq-baseline": {
+        "distance": "euclidean",
+        "codebook_init": "uniform_scaled",
+        "use_ball_bound": False,
+        "use_arc_margin": False,
+    },
+}
+
+# The authors' ImageNet VQGAN (their taming fork, configs/imagenet_vqgan.yaml): z_channels = embed_dim = 16 and
+# taming's default legacy beta placement (commitment weight 1, codebook weight 0.25). One deliberate difference:
+# their BBNR also runs in validation forwards that are given a step; ours, like docs/method.md §1.4, only in training.
+VQGAN_VARIANT: dict[str, Any] = {
+    "backbone": "vqgan",
+    "codebook_size": 1024,
+    "codebook_dim": 16,
+    "base_channels": 128,
+    "channel_multipliers": [1, 2, 2, 4],
+    "latent_channels": 16,
+    "legacy_beta_placement": True,
+    "ball_growth_rate": 5e-5,
+    "arc_scale": 10.0,
+    "arc_weight": 1.0,
+    "arc_weight_decay": 1e-4,
+    "reconstruction_loss": "l1",
+}
+
+__all__ = [
+    "ArcVQConfig",
+    "PRESETS",
+    "VQGAN_VARIANT",
+    "looks_like_local_path",
+    "require_existing_folder",
+    "require_readable_safetensors",
+]

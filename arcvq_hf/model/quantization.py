@@ -1,0 +1,403 @@
+"""The SAMP quantizer (docs/method.md §1): angle assignment, ball bound, VQ loss and the chunked arc-margin loss.
+
+Every numbered step of docs/method.md §1 has one named function here:
+  1. `init_codebook_`          codebook init
+  2. `assign_codes`            nearest code by angle (or euclidean distance), chunked, float32
+  3. `vq_loss`                 codebook + beta * commitment
+  4. `ball_radius`, `project_onto_ball_`   BBNR, applied by the quantizer before training forwards
+  5. `arc_margin_loss`         additive angular-margin loss, chunked, gradient accumulated in the forward pass
+     `arc_weight_at`           gamma_t = gamma0 * exp(-lambda * t)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_arcvq import ArcVQConfig
+
+# Exponents above this overflow float32; radii and weights saturate instead.
+_MAX_EXPONENT = 80.0
+# Floor on sin(theta) in the margin's derivative: d cos(theta + m) / d cos(theta) has a 1 / sin(theta) term.
+_MIN_SINE = 1e-6
+
+
+def ball_radius(step: int | torch.Tensor, growth_rate: float) -> float | torch.Tensor:
+    """R(t) = exp(alpha * t), saturating instead of overflowing.
+
+    A tensor step (the quantizer's buffer) gives a float32 tensor on its device, so a training forward never
+    waits for the device to hand the step back to the host.
+    """
+    if isinstance(step, torch.Tensor):
+        return torch.exp((step.float() * growth_rate).clamp(max=_MAX_EXPONENT))
+    return math.exp(min(growth_rate * step, _MAX_EXPONENT))
+
+
+def arc_weight_at(step: int | torch.Tensor, initial_weight: float, decay: float) -> float | torch.Tensor:
+    """gamma_t = gamma0 * exp(-lambda * t); a tensor step gives a float32 tensor (see `ball_radius`)."""
+    if isinstance(step, torch.Tensor):
+        return initial_weight * torch.exp(-(step.float() * decay).clamp(max=_MAX_EXPONENT))
+    return initial_weight * math.exp(-min(decay * step, _MAX_EXPONENT))
+
+
+@torch.no_grad()
+def init_codebook_(codebook: torch.Tensor, method: str) -> torch.Tensor:
+    """Fill `codebook` (K, D) in place: U(-1, 1) rows scaled to unit norm, or U(-1/K, 1/K)."""
+    num_codes = codebook.shape[0]
+    if method == "uniform_normalized":
+        codebook.uniform_(-1.0, 1.0)
+        codebook.copy_(F.normalize(codebook, dim=1))
+    elif method == "uniform_scaled":
+        codebook.uniform_(-1.0 / num_codes, 1.0 / num_codes)
+    else:
+        raise ValueError(f"Unknown codebook init {method!r}; expected 'uniform_normalized' or 'uniform_scaled'.")
+    return codebook
+
+
+@torch.no_grad()
+def project_onto_ball_(codebook: torch.Tensor, radius: float | torch.Tensor) -> torch.Tensor:
+    """BBNR: rescale, in place, every code whose norm exceeds `radius` onto the sphere of that radius.
+
+    Codes inside the ball are untouched (multiplied by exactly 1). Returns the boolean mask (K,) of the codes
+    that were projected. Branch-free, so a tensor radius never forces a device-to-host sync.
+    """
+    norms = codebook.norm(dim=1)
+    outside = norms > radius
+    scale = torch.where(outside, radius / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.ones_like(norms))
+    codebook.mul_(scale.unsqueeze(1).to(codebook.dtype))
+    return outside
+
+
+def _rows_per_chunk(columns: int, max_elements: int) -> int:
+    return max(1, max_elements // max(1, columns))
+
+
+@torch.no_grad()
+def assign_codes(
+    latents: torch.Tensor, codebook: torch.Tensor, distance: str = "cosine", max_elements: int = 2**22
+) -> torch.Tensor:
+    """Index of the nearest code for each latent.
+
+    Args:
+        latents: (N, D) flattened encoder outputs.
+        codebook: (K, D).
+        distance: `"cosine"` (argmax of cosine similarity) or `"euclidean"` (argmin of squared distance).
+        max_elements: at most this many latent-by-code scores exist at once.
+    Returns:
+        (N,) int64 code indices.
+    """
+    # Ties and near-ties must not depend on autocast: score in float32.
+    latents = latents.detach().float()
+    codebook = codebook.detach().float()
+    if distance == "cosine":
+        latents = F.normalize(latents, dim=1)
+        codebook = F.normalize(codebook, dim=1)
+    elif distance != "euclidean":
+        raise ValueError(f"Unknown distance {distance!r}; expected 'cosine' or 'euclidean'.")
+    code_sq_norms = codebook.pow(2).sum(dim=1)
+    rows = _rows_per_chunk(codebook.shape[0], max_elements)
+    indices = []
+    for chunk in latents.split(rows):
+        scores = chunk @ codebook.T
+        if distance == "euclidean":
+            # argmin ||z - e||^2 = argmax (2 z.e - ||e||^2); ||z||^2 is constant per row.
+            scores = 2 * scores - code_sq_norms
+        indices.append(scores.argmax(dim=1))
+    return torch.cat(indices) if indices else latents.new_zeros(0, dtype=torch.long)
+
+
+def vq_loss(
+    latents: torch.Tensor, codes: torch.Tensor, commitment_cost: float = 0.25, legacy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codebook term mean ||sg(z) - e||^2 and commitment term mean ||z - sg(e)||^2.
+
+    Returns (total, commitment) with total = codebook + beta * commitment, or beta * codebook + commitment when
+    `legacy` (taming's placement).
+    """
+    codebook_term = F.mse_loss(codes, latents.detach())
+    commitment_term = F.mse_loss(latents, codes.detach())
+    if legacy:
+        return commitment_cost * codebook_term + commitment_term, commitment_term
+    return codebook_term + commitment_cost * commitment_term, commitment_term
+
+
+def _margin_logits(cosines: torch.Tensor, scale: float, margin: float) -> torch.Tensor:
+    """s * cos(theta + m) = s * (cos(theta) cos(m) - sin(theta) sin(m)), with no acos."""
+    sines = (1.0 - cosines.pow(2)).clamp_min(_MIN_SINE**2).sqrt()
+    return scale * (cosines * math.cos(margin) - sines * math.sin(margin))
+
+
+def _margin_logit_slope(cosines: torch.Tensor, scale: float, margin: float) -> torch.Tensor:
+    """d [s * cos(theta + m)] / d cos(theta), consistent with the sine floor in `_margin_logits`."""
+    sine_sq = 1.0 - cosines.pow(2)
+    slope_of_sine = torch.where(
+        sine_sq > _MIN_SINE**2, -cosines / sine_sq.clamp_min(_MIN_SINE**2).sqrt(), torch.zeros_like(cosines)
+    )
+    return scale * (math.cos(margin) - slope_of_sine * math.sin(margin))
+
+
+# Row-wise top-k is the slowest part of the arc loss on CPU (torch.topk walks every column). Columns are first
+# reduced to the maxima of groups of this many, then torch.topk runs on the members of the top_k best groups only.
+_TOP_K_GROUP = 64
+
+
+def _top_k_per_row(scores: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `top_k` largest values of each row of `scores` (k, N) and their column indices, like `scores.topk`.
+
+    Exact: an element among the `top_k` largest of its row lies in a group whose maximum is among the `top_k`
+    largest group maxima (at most top_k - 1 elements exceed it). Only the order among exactly tied values may
+    differ from `torch.topk`.
+    """
+    rows, columns = scores.shape
+    grouped_columns = columns - columns % _TOP_K_GROUP
+    if grouped_columns < 4 * top_k * _TOP_K_GROUP:
+        return scores.topk(top_k, dim=1)
+    group_maxima = scores[:, :grouped_columns].view(rows, -1, _TOP_K_GROUP).amax(dim=2)
+    best_groups = group_maxima.topk(top_k, dim=1).indices
+    offsets = torch.arange(_TOP_K_GROUP, device=scores.device)
+    candidates = (best_groups[:, :, None] * _TOP_K_GROUP + offsets).reshape(rows, -1)
+    if grouped_columns < columns:  # the ragged tail is always a candidate
+        tail = torch.arange(grouped_columns, columns, device=scores.device).expand(rows, -1)
+        candidates = torch.cat([candidates, tail], dim=1)
+    values, positions = scores.gather(1, candidates).topk(top_k, dim=1)
+    return values, candidates.gather(1, positions)
+
+
+def _chunk_loss_and_cosine_gradient(
+    code_chunk: torch.Tensor, latents: torch.Tensor, top_k: int, scale: float, margin: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-code arc loss of one block of codes against all latents, and its gradient with respect to the cosines.
+
+    Only one (k, N) matrix exists: the logits s * cos, overwritten in place by their shifted exponentials. Every
+    row is shifted by its largest logit, so no exponential overflows and the largest term is at least exp(-s * m).
+
+    Returns:
+        losses (k,): log sum_i exp(l_ji) - log sum_{i in P_j} exp(l_ji).
+        exponentials (k, N): exp(s * cos_ji - shift_j), zero at the positives.
+        row_scale (k,): d losses_j / d cos_ji = row_scale_j * exponentials_ji for every non-positive i.
+        positive_indices (k, top_k): P_j.
+        positive_gradient (k, top_k): d losses_j / d cos_ji at the positives.
+    """
+    logits = (code_chunk * scale) @ latents.T
+    top_logits, positive_indices = _top_k_per_row(logits, top_k)
+    shift = top_logits[:, :1]
+    # The positives' cosines, recomputed exactly from the vectors (top_k per code: cheap, and no division by s).
+    positive_cosines = (code_chunk[:, None, :] * latents[positive_indices]).sum(dim=2)
+    exponentials = logits.sub_(shift).exp_()
+    exponentials.scatter_(1, positive_indices, 0.0)
+    positive_exponentials = (_margin_logits(positive_cosines, scale, margin) - shift).exp()
+    positive_sum = positive_exponentials.sum(dim=1)
+    total_sum = exponentials.sum(dim=1) + positive_sum
+    losses = total_sum.log() - positive_sum.log()
+    # dL_j/dl_ji = exp(l_ji) / sum_all - [i in P_j] exp(l_ji) / sum_P; dl/dcos is s, or the margin's slope at P_j.
+    positive_gradient = (
+        positive_exponentials / total_sum[:, None] - positive_exponentials / positive_sum[:, None]
+    ) * _margin_logit_slope(positive_cosines, scale, margin)
+    return losses, exponentials, scale / total_sum, positive_indices, positive_gradient
+
+
+class _ChunkedArcMarginLoss(torch.autograd.Function):
+    """Arc loss over blocks of codes. The gradient is accumulated block by block during the forward pass (the loss
+    is a scalar, so backward only rescales it): no K x N matrix is ever stored and nothing is recomputed."""
+
+    @staticmethod
+    def forward(ctx, latents, codes, top_k, scale, margin, max_elements):  # type: ignore[override]
+        rows = _rows_per_chunk(latents.shape[0], max_elements)
+        needs_gradient = ctx.needs_input_grad[0]
+        total = latents.new_zeros((), dtype=torch.float32)
+        grad_latents = torch.zeros_like(latents) if needs_gradient else None
+        for code_chunk in codes.split(rows):
+            losses, exponentials, row_scale, positive_indices, positive_gradient = _chunk_loss_and_cosine_gradient(
+                code_chunk, latents, top_k, scale, margin
+            )
+            total = total + losses.sum()
+            if needs_gradient:
+                # d cos_ji / d z_i = e_j: a dense product for the non-positives (the per-code factor folded into
+                # the codes, not into the K x N block), a scatter-add for the positives.
+                grad_latents.addmm_(exponentials.T, code_chunk * row_scale[:, None])
+                positive_rows = code_chunk[:, None, :] * positive_gradient[:, :, None]
+                grad_latents.index_add_(0, positive_indices.reshape(-1), positive_rows.reshape(-1, code_chunk.shape[1]))
+        num_codes = codes.shape[0]
+        if needs_gradient:
+            ctx.save_for_backward(grad_latents.div_(num_codes))
+        return total / num_codes
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        (grad_latents,) = ctx.saved_tensors
+        return grad_latents * grad_output, None, None, None, None, None
+
+
+def arc_margin_loss(
+    latents: torch.Tensor,
+    codebook: torch.Tensor,
+    scale: float = 5.0,
+    margin: float = 0.1,
+    top_k: int = 3,
+    max_elements: int = 2**22,
+) -> torch.Tensor:
+    """ArcCosine additive-margin loss of docs/method.md §1.5, with the codebook detached.
+
+    For each code j, the `top_k` latents of the batch closest in angle are its positives P_j; their logits get the
+    additive angular margin. L = -mean_j log(sum_{i in P_j} exp(l_ji) / sum_i exp(l_ji)), computed with logsumexp.
+
+    Args:
+        latents: (N, D) encoder outputs (gradients flow to them).
+        codebook: (K, D) codes (detached here).
+        max_elements: at most this many code-by-latent entries are held at once, forward and backward.
+    Returns:
+        scalar float32 loss. With fewer latents than `top_k`, all latents are positives.
+    """
+    if latents.shape[0] == 0:
+        raise ValueError("arc_margin_loss needs at least one latent vector, got an empty batch.")
+    top_k = min(top_k, latents.shape[0])
+    # Cosines near 1 and the top-k choice need float32: under bf16 / fp16 autocast the loss still runs in float32.
+    with torch.autocast(device_type=latents.device.type, enabled=False):
+        latents_unit = F.normalize(latents.float(), dim=1)
+        codes_unit = F.normalize(codebook.detach().float(), dim=1)
+        return _ChunkedArcMarginLoss.apply(latents_unit, codes_unit, top_k, float(scale), float(margin), max_elements)
+
+
+def dense_arc_margin_loss(
+    latents: torch.Tensor, codebook: torch.Tensor, scale: float = 5.0, margin: float = 0.1, top_k: int = 3
+) -> torch.Tensor:
+    """The arc loss written straight from the formula with one dense K x N matrix and autograd.
+
+    A reference for tests and benchmarks; `arc_margin_loss` is what training uses.
+    """
+    latents_unit = F.normalize(latents.float(), dim=1)
+    codes_unit = F.normalize(codebook.detach().float(), dim=1)
+    top_k = min(top_k, latents.shape[0])
+    cosines = codes_unit @ latents_unit.T
+    positive_indices = cosines.topk(top_k, dim=1).indices
+    is_positive = torch.zeros_like(cosines, dtype=torch.bool).scatter_(1, positive_indices, True)
+    logits = torch.where(is_positive, _margin_logits(cosines, scale, margin), scale * cosines)
+    positive_logits = logits.masked_fill(~is_positive, float("-inf"))
+    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(positive_logits, dim=1)).mean()
+
+
+@dataclass
+class QuantizerOutput:
+    """What `SphericalAngularMarginQuantizer.forward` returns.
+
+    quantized: (B, D, h, w) straight-through codes z + sg(e_k - z).
+    indices: (B, h, w) int64 code ids.
+    vq_loss: scalar codebook + beta * commitment.
+    arc_loss: scalar arc-margin loss (unweighted); None when disabled or not requested.
+    """
+
+    quantized: torch.Tensor
+    indices: torch.Tensor
+    vq_loss: torch.Tensor | None = None
+    arc_loss: torch.Tensor | None = None
+
+
+class SphericalAngularMarginQuantizer(nn.Module):
+    """Vector quantizer with the spherical angular-margin prior (SAMP).
+
+    The training step `step` is a persistent buffer that training code sets (`ArcVQModel.set_training_step`);
+    it drives the ball radius and the arc weight and travels with checkpoints, so fine-tuning continues the
+    schedules instead of restarting them.
+    """
+
+    def __init__(self, config: ArcVQConfig) -> None:
+        super().__init__()
+        # Every setting is read from the config, so the quantizer can never disagree with it.
+        self.codebook_size = config.codebook_size
+        self.codebook_dim = config.codebook_dim
+        self.distance = config.distance
+        self.codebook_init = config.codebook_init
+        self.commitment_cost = config.commitment_cost
+        self.legacy_beta_placement = config.legacy_beta_placement
+        self.use_ball_bound = config.use_ball_bound
+        self.ball_growth_rate = config.ball_growth_rate
+        self.use_arc_margin = config.use_arc_margin
+        self.arc_scale = config.arc_scale
+        self.arc_margin = config.arc_margin
+        self.arc_top_k = config.arc_top_k
+        self.arc_weight = config.arc_weight
+        self.arc_weight_decay = config.arc_weight_decay
+        self.chunk_elements = config.quantizer_chunk_elements
+        self.embedding = nn.Embedding(config.codebook_size, config.codebook_dim)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=True)
+
+    @property
+    def current_step(self) -> int:
+        return int(self.step.item())
+
+    @property
+    def ball_radius(self) -> float:
+        return ball_radius(self.current_step, self.ball_growth_rate)
+
+    @property
+    def current_arc_weight(self) -> float:
+        if not self.use_arc_margin:
+            return 0.0
+        return arc_weight_at(self.current_step, self.arc_weight, self.arc_weight_decay)
+
+    def schedule_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R(t), gamma_t) as float32 scalars on the step buffer's device, computed there (no host sync)."""
+        radius = ball_radius(self.step, self.ball_growth_rate)
+        weight = arc_weight_at(self.step, self.arc_weight, self.arc_weight_decay)
+        return radius, weight if self.use_arc_margin else torch.zeros_like(weight)
+
+    def reset_codebook(self) -> None:
+        init_codebook_(self.embedding.weight, self.codebook_init)
+
+    def apply_ball_bound(self) -> torch.Tensor:
+        """Project the codebook into the ball of radius R(step); returns the mask of codes that moved."""
+        return project_onto_ball_(self.embedding.weight, ball_radius(self.step, self.ball_growth_rate))
+
+    def codes_for(self, indices: torch.Tensor) -> torch.Tensor:
+        """(...,) ids -> (..., D) raw code vectors, exactly what the decoder consumes."""
+        return self.embedding(indices)
+
+    def forward(
+        self, latents: torch.Tensor, compute_vq_loss: bool = True, compute_arc_loss: bool = True
+    ) -> QuantizerOutput:
+        """latents (B, D, h, w) -> QuantizerOutput. Applies the ball bound first when training.
+
+        `compute_arc_loss` is ignored when the config switches the arc loss off.
+        """
+        if self.training and self.use_ball_bound:
+            self.apply_ball_bound()
+        batch, dim, height, width = latents.shape
+        flat = latents.permute(0, 2, 3, 1).reshape(-1, dim)
+        indices = assign_codes(flat, self.embedding.weight, self.distance, self.chunk_elements)
+        codes = self.embedding(indices)
+        flat_f32 = flat.float()
+        output = QuantizerOutput(quantized=latents, indices=indices.view(batch, height, width))
+        if compute_vq_loss:
+            output.vq_loss, _ = vq_loss(flat_f32, codes.float(), self.commitment_cost, self.legacy_beta_placement)
+        if compute_arc_loss and self.use_arc_margin:
+            output.arc_loss = arc_margin_loss(
+                flat_f32,
+                self.embedding.weight,
+                self.arc_scale,
+                self.arc_margin,
+                self.arc_top_k,
+                self.chunk_elements,
+            )
+        # Straight-through estimator written as e + (z - sg(z)): the value is exactly e (z - z == 0), the gradient
+        # with respect to z is the identity.
+        straight_through = codes.detach().to(flat.dtype) + (flat - flat.detach())
+        output.quantized = straight_through.view(batch, height, width, dim).permute(0, 3, 1, 2).contiguous()
+        return output
+
+
+__all__ = [
+    "QuantizerOutput",
+    "SphericalAngularMarginQuantizer",
+    "arc_margin_loss",
+    "arc_weight_at",
+    "assign_codes",
+    "ball_radius",
+    "dense_arc_margin_loss",
+    "init_codebook_",
+    "project_onto_ball_",
+    "vq_loss",
+]

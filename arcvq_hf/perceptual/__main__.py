@@ -1,7 +1,0 @@
-"""`python -m arcvq_hf.perceptual fetch [--from DIR] [--cache DIR] [--force] [--check-torchscript]`."""
-
-import sys
-
-from .fetching import main
-
-sys.exit(main())
