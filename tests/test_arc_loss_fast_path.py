@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from arc_loss_reference import dense_arc_margin_loss
 
-from arcvq_hf.model.quantization import _top_k_per_row, arc_margin_loss, dense_arc_margin_loss
+from arcvq_hf.model.quantization import _top_k_per_row, arc_margin_loss
 
 
 @pytest.mark.parametrize(

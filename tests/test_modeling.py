@@ -147,7 +147,7 @@ def test_fresh_model_has_the_spec_codebook_init():
     assert baseline.codebook.abs().max() <= 1 / 64
     arcvq = ArcVQModel(ArcVQConfig(num_channels=1, **TINY))
     torch.testing.assert_close(arcvq.codebook.norm(dim=1), torch.ones(64))
-    assert arcvq.training_step == 0
+    assert arcvq.schedule_step == 0
     # PyTorch's default conv init (kaiming uniform a=sqrt(5)): bound 1/sqrt(fan_in).
     weight = arcvq.encoder.conv_1.weight
     assert weight.abs().max() <= 1 / math.sqrt(weight[0].numel()) + 1e-6
@@ -160,7 +160,7 @@ def test_save_load_round_trip_is_exact_and_keeps_the_step(model, tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     loaded = ArcVQModel.from_pretrained(tmp_path)
-    assert loaded.training_step == 777
+    assert loaded.schedule_step == 777
     assert torch.equal(loaded.codebook, model.codebook)
     model.eval()
     loaded.eval()

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from arc_loss_reference import dense_arc_margin_loss
 
 from arcvq_hf.model.configuration_arcvq import ArcVQConfig
 from arcvq_hf.model.quantization import (
@@ -12,8 +13,7 @@ from arcvq_hf.model.quantization import (
     arc_margin_loss,
     arc_weight_at,
     assign_codes,
-    ball_radius,
-    dense_arc_margin_loss,
+    ball_radius_at,
     init_codebook_,
     project_onto_ball_,
     vq_loss,
@@ -47,12 +47,12 @@ def test_euclidean_assignment_matches_cdist(max_elements):
 
 
 def test_assignment_is_float32_under_bfloat16_autocast():
-    quantizer = SphericalAngularMarginQuantizer(ArcVQConfig(codebook_size=64, codebook_dim=16))
+    quantizer = SphericalAngularMarginQuantizer(codebook_size=64, codebook_dim=16)
     quantizer.reset_codebook()
     latents = torch.randn(2, 16, 5, 5)
-    reference = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False).indices
+    reference = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False)[1]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False).indices
+        under_autocast = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False)[1]
     assert torch.equal(reference, under_autocast)
 
 
@@ -96,9 +96,9 @@ def test_legacy_beta_placement_swaps_the_weights():
 
 
 def test_schedules():
-    assert ball_radius(0, 3e-4) == 1.0
-    assert ball_radius(1000, 3e-4) == pytest.approx(math.exp(0.3))
-    assert math.isfinite(ball_radius(10**9, 3e-4))
+    assert ball_radius_at(0, 3e-4) == 1.0
+    assert ball_radius_at(1000, 3e-4) == pytest.approx(math.exp(0.3))
+    assert math.isfinite(ball_radius_at(10**9, 3e-4))
     assert arc_weight_at(0, 1.0, 5e-4) == 1.0
     assert arc_weight_at(2000, 2.0, 5e-4) == pytest.approx(2.0 * math.exp(-1.0))
     assert arc_weight_at(10**9, 1.0, 5e-4) >= 0.0
@@ -107,9 +107,9 @@ def test_schedules():
 @pytest.mark.parametrize("step", [0, 1, 1234, 10**6, 10**9])
 def test_tensor_schedules_equal_the_float_ones(step):
     tensor_step = torch.tensor(step)
-    radius, weight = ball_radius(tensor_step, 3e-4), arc_weight_at(tensor_step, 1.5, 5e-4)
+    radius, weight = ball_radius_at(tensor_step, 3e-4), arc_weight_at(tensor_step, 1.5, 5e-4)
     assert radius.dtype == weight.dtype == torch.float32
-    assert radius.item() == pytest.approx(ball_radius(step, 3e-4), rel=1e-6)
+    assert radius.item() == pytest.approx(ball_radius_at(step, 3e-4), rel=1e-6)
     assert weight.item() == pytest.approx(arc_weight_at(step, 1.5, 5e-4), rel=1e-6, abs=1e-30)
 
 
@@ -129,7 +129,9 @@ def test_ball_projection_moves_only_codes_outside():
 
 
 def test_quantizer_applies_ball_bound_in_training_only_and_follows_the_step():
-    quantizer = SphericalAngularMarginQuantizer(ArcVQConfig(codebook_size=16, codebook_dim=4, ball_growth_rate=1e-3))
+    quantizer = SphericalAngularMarginQuantizer.from_config(
+        ArcVQConfig(codebook_size=16, codebook_dim=4, ball_growth_rate=1e-3)
+    )
     with torch.no_grad():
         quantizer.embedding.weight.copy_(F.normalize(torch.randn(16, 4), dim=1) * 5)
     latents = torch.randn(1, 4, 3, 3)
@@ -143,7 +145,9 @@ def test_quantizer_applies_ball_bound_in_training_only_and_follows_the_step():
 
 
 def test_quantizer_without_ball_bound_leaves_codes_alone():
-    quantizer = SphericalAngularMarginQuantizer(ArcVQConfig(codebook_size=16, codebook_dim=4, use_ball_bound=False))
+    quantizer = SphericalAngularMarginQuantizer.from_config(
+        ArcVQConfig(codebook_size=16, codebook_dim=4, use_ball_bound=False)
+    )
     with torch.no_grad():
         quantizer.embedding.weight.mul_(0).add_(7.0)
     quantizer.train()
@@ -152,14 +156,16 @@ def test_quantizer_without_ball_bound_leaves_codes_alone():
 
 
 def test_straight_through_forward_is_the_code_and_backward_is_identity():
-    quantizer = SphericalAngularMarginQuantizer(ArcVQConfig(codebook_size=32, codebook_dim=4, use_arc_margin=False))
+    quantizer = SphericalAngularMarginQuantizer.from_config(
+        ArcVQConfig(codebook_size=32, codebook_dim=4, use_arc_margin=False)
+    )
     quantizer.reset_codebook()
     latents = torch.randn(2, 4, 3, 3, requires_grad=True)
-    output = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False)
-    expected = quantizer.embedding.weight[output.indices].permute(0, 3, 1, 2)
-    torch.testing.assert_close(output.quantized, expected)
+    quantized, indices, _ = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False)
+    expected = quantizer.embedding.weight[indices].permute(0, 3, 1, 2)
+    torch.testing.assert_close(quantized, expected)
     weights = torch.randn_like(latents)
-    (output.quantized * weights).sum().backward()
+    (quantized * weights).sum().backward()
     torch.testing.assert_close(latents.grad, weights)
 
 
@@ -243,11 +249,13 @@ def test_arc_loss_pulls_latents_toward_their_codes():
 
 def test_codebook_gets_gradient_only_from_the_codebook_term():
     """The decoder's loss must reach the encoder through the straight-through estimator, never the codebook."""
-    quantizer = SphericalAngularMarginQuantizer(ArcVQConfig(codebook_size=32, codebook_dim=4, use_arc_margin=False))
+    quantizer = SphericalAngularMarginQuantizer.from_config(
+        ArcVQConfig(codebook_size=32, codebook_dim=4, use_arc_margin=False)
+    )
     quantizer.reset_codebook()
     latents = torch.randn(2, 4, 3, 3, requires_grad=True)
-    output = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False)
-    output.quantized.pow(2).sum().backward()
+    quantized, _, _ = quantizer(latents, compute_vq_loss=False, compute_arc_loss=False)
+    quantized.pow(2).sum().backward()
     assert quantizer.embedding.weight.grad is None or not quantizer.embedding.weight.grad.any()
     assert latents.grad.abs().sum() > 0
 

@@ -75,7 +75,7 @@ def test_writes_a_complete_carded_model_folder_and_fine_tunes(tmp_path, example,
         assert (output / name).exists(), name
     assert not [path.name for path in output.iterdir() if path.suffix in (".bin", ".pt", ".pkl", ".pth")]
     model = ArcVQModel.from_pretrained(output)
-    assert model.training_step == 3
+    assert model.schedule_step == 3
     assert model.config.data_variance == pytest.approx(float(np.var(mnist_arrays()[0][:40])), rel=1e-4)
     assert model.config.arc_weight_decay == TINY["arc_weight_decay"]  # from --config_overrides
     saved = json.loads((output / "eval_results.json").read_text())
@@ -95,7 +95,7 @@ def test_writes_a_complete_carded_model_folder_and_fine_tunes(tmp_path, example,
     # Fine-tuning the saved folder continues its schedule.
     finetuned = tmp_path / "finetuned"
     example.main(_arguments(digit_data, finetuned, "--model_name_or_path", str(output), "--max_steps", "2"))
-    assert ArcVQModel.from_pretrained(finetuned).training_step == 5
+    assert ArcVQModel.from_pretrained(finetuned).schedule_step == 5
     assert json.loads((finetuned / "training_run.json").read_text())["summary"]["variant / preset"].endswith(
         f"fine-tuned from {output}"
     )

@@ -12,7 +12,7 @@ from arcvq_hf.data.transforms import pixel_values_transform
 from arcvq_hf.evaluation.loop import evaluate_reconstruction
 from arcvq_hf.evaluation.perceptual import PerceptualWeightsMissingError, lpips
 from arcvq_hf.model.image_processing_arcvq import to_unit_range
-from arcvq_hf.model.quantization import arc_weight_at, ball_radius, project_onto_ball_
+from arcvq_hf.model.quantization import arc_weight_at, ball_radius_at, project_onto_ball_
 from arcvq_hf.training.trainer import ArcVQTrainer
 
 
@@ -34,14 +34,14 @@ def test_schedule_follows_optimizer_steps_under_gradient_accumulation(tmp_path, 
     )
     trainer.train()
     assert seen_steps == [0, 0, 1, 1, 2, 2]
-    assert model.training_step == 3
+    assert model.schedule_step == 3
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [entry["step"] for entry in logs] == [1, 2, 3]
     for entry in logs:
         t = entry["step"] - 1  # the step the logged forwards ran at
         assert entry["schedule_step"] == t
         assert entry["arc_weight"] == pytest.approx(arc_weight_at(t, model.config.arc_weight, 0.05))
-        assert entry["ball_radius"] == pytest.approx(ball_radius(t, 0.05))
+        assert entry["ball_radius"] == pytest.approx(ball_radius_at(t, 0.05))
         assert 0 < entry["batch_utilization"] <= 1
         assert np.isfinite(entry["arc_loss"]) and np.isfinite(entry["reconstruction_loss"])
 
@@ -74,7 +74,7 @@ def test_evaluate_reports_whole_set_metrics_through_accelerate_reduce(tmp_path, 
     for key in ("reconstruction_loss", "quantization_loss"):
         assert metrics[f"eval_{key}"] == pytest.approx(reference[key], rel=1e-4), key
     assert metrics["eval_schedule_step"] == 4
-    assert metrics["eval_ball_radius"] == pytest.approx(ball_radius(4, 0.05))
+    assert metrics["eval_ball_radius"] == pytest.approx(ball_radius_at(4, 0.05))
     assert trainer.state.log_history[-1]["eval_psnr"] == metrics["eval_psnr"]
     # predict() concatenates reconstructions and tokens over batches.
     prediction = trainer.predict(evaluation)
@@ -91,15 +91,19 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, digit_sets) 
     )
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-3"
-    assert ArcVQModel.from_pretrained(checkpoint).training_step == 3
+    assert ArcVQModel.from_pretrained(checkpoint).schedule_step == 3
     resumed_model = tiny_model(seed=123)  # different init: everything must come from the checkpoint
     resumed = ArcVQTrainer(
         model=resumed_model, args=training_args(tmp_path / "resumed", max_steps=6), train_dataset=train
     )
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert resumed_model.training_step == full.model.training_step == 6
+    assert resumed_model.schedule_step == full.model.schedule_step == 6
     torch.testing.assert_close(resumed_model.codebook, full.model.codebook, atol=1e-6, rtol=1e-5)
-    assert resumed_model.quantizer.ball_radius == full.model.quantizer.ball_radius == ball_radius(6, 0.05)
+    assert (
+        resumed_model.quantizer.current_ball_radius
+        == full.model.quantizer.current_ball_radius
+        == ball_radius_at(6, 0.05)
+    )
     assert resumed_model.quantizer.current_arc_weight == full.model.quantizer.current_arc_weight
     gamma0 = resumed_model.config.arc_weight
     assert resumed_model.quantizer.current_arc_weight == pytest.approx(arc_weight_at(6, gamma0, 0.05))
@@ -121,20 +125,20 @@ def test_finetuning_continues_the_ball_radius(tmp_path, digit_sets) -> None:
     trained.save_pretrained(tmp_path / "trained")
     saved_codebook = trained.codebook.detach().clone()
     # Restarting the schedule at step 0 (radius 1) would cut every code longer than 1.
-    assert project_onto_ball_(saved_codebook.clone(), ball_radius(0, 1e-3)).sum() > 5
+    assert project_onto_ball_(saved_codebook.clone(), ball_radius_at(0, 1e-3)).sum() > 5
 
     model = ArcVQModel.from_pretrained(tmp_path / "trained")
-    assert model.training_step == saved_step
+    assert model.schedule_step == saved_step
     seen_radii = []
-    model.quantizer.register_forward_pre_hook(lambda module, args: seen_radii.append(module.ball_radius))
+    model.quantizer.register_forward_pre_hook(lambda module, args: seen_radii.append(module.current_ball_radius))
     # Learning rate 0: the only thing that can move the codebook is the first step's ball projection.
     trainer = ArcVQTrainer(
         model=model, args=training_args(tmp_path / "ft", max_steps=1, learning_rate=0.0), train_dataset=train
     )
     trainer.train()
-    assert seen_radii == [pytest.approx(ball_radius(saved_step, 1e-3))]
+    assert seen_radii == [pytest.approx(ball_radius_at(saved_step, 1e-3))]
     torch.testing.assert_close(model.codebook, saved_codebook, atol=0, rtol=0)
-    assert model.training_step == saved_step + 1
+    assert model.schedule_step == saved_step + 1
 
 
 @needs_perceptual_weights()

@@ -155,7 +155,7 @@ def code_norm_stats(codebook: torch.Tensor, ball_radius: float | None = None) ->
 def codebook_geometry(model: Any) -> dict[str, float]:
     """Angular dispersion and norm statistics of an `ArcVQModel`'s codebook at its current step."""
     codebook = model.codebook
-    radius = model.quantizer.ball_radius if model.config.use_ball_bound else None
+    radius = model.quantizer.current_ball_radius if model.config.use_ball_bound else None
     return {"angular_dispersion": angular_dispersion(codebook), **code_norm_stats(codebook, radius)}
 
 

@@ -432,9 +432,9 @@ def whole_set_metrics(
     metrics = evaluate_reconstruction(
         model, pixel_batches, processor, with_losses=True, perceptual=perceptual, sum_over_processes=sum_over_processes
     )
-    metrics["ball_radius"] = model.quantizer.ball_radius
+    metrics["ball_radius"] = model.quantizer.current_ball_radius
     metrics["arc_weight"] = model.quantizer.current_arc_weight
-    metrics["schedule_step"] = model.training_step
+    metrics["schedule_step"] = model.schedule_step
     return metrics
 
 

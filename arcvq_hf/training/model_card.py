@@ -240,7 +240,7 @@ def write_model_card(
             raise FileNotFoundError(f"{results} is missing: evaluate the model (Trainer.save_metrics) first.")
         metrics = json.loads(results.read_text())
     if model is not None:
-        config, training_step = model.config, model.training_step
+        config, training_step = model.config, model.schedule_step
     else:
         config, training_step = _saved_config_and_step(folder)
     text = model_card_text(folder.resolve().name, config, training_step, metrics, run)

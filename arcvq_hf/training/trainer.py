@@ -32,17 +32,23 @@ except ImportError as err:
     raise missing_extra("datasets", "train") from err
 
 from arcvq_hf.data.transforms import collate_pixel_values
+from arcvq_hf.model.quantization import SphericalAngularMarginQuantizer
+
+
+def samp_layers(model: nn.Module) -> list[SphericalAngularMarginQuantizer]:
+    """Every SAMP quantizer layer inside `model` (an `ArcVQModel` has one; a user's own autoencoder may have any)."""
+    return [module for module in unwrap_model(model).modules() if isinstance(module, SphericalAngularMarginQuantizer)]
 
 
 class ArcVQScheduleCallback(TrainerCallback):
-    """Sets the model's schedule step t = offset + `state.global_step` before every optimizer step.
+    """Sets the schedule step t = offset + `state.global_step` before every optimizer step, on every SAMP quantizer
+    layer of the model (`ArcVQModel`, or any module holding `SphericalAngularMarginQuantizer` layers).
 
     `state.global_step` counts optimizer steps, so the schedule is right under gradient accumulation. After each
-    optimizer step the model holds t = offset + global_step (the number of steps it has been trained), so a saved
-    model or checkpoint carries it. At `on_train_begin` the offset is read back as
-    `model.training_step - state.global_step`: 0 for a fresh model, the saved step for a model being fine-tuned
-    (the ball radius continues instead of falling back to exp(0) = 1), and the same offset again when a run resumes
-    from one of its checkpoints.
+    optimizer step the layers hold t = offset + global_step (the number of steps they have been trained), so a saved
+    model or checkpoint carries it. At `on_train_begin` the offset is read back as the layers' step minus
+    `state.global_step`: 0 for a fresh model, the saved step for a model being fine-tuned (the ball radius continues
+    instead of falling back to exp(0) = 1), and the same offset again when a run resumes from one of its checkpoints.
     """
 
     def __init__(self) -> None:
@@ -50,11 +56,19 @@ class ArcVQScheduleCallback(TrainerCallback):
 
     def _set(self, state: Any, model: nn.Module | None) -> None:
         if model is not None:
-            unwrap_model(model).set_training_step(self.step_offset + state.global_step)
+            for layer in samp_layers(model):
+                layer.set_step(self.step_offset + state.global_step)
 
     def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, model: nn.Module | None = None, **kw):
         if model is not None:
-            self.step_offset = max(0, unwrap_model(model).training_step - state.global_step)
+            layers = samp_layers(model)
+            if not layers:
+                raise ValueError(
+                    f"ArcVQScheduleCallback found no SphericalAngularMarginQuantizer layer in {type(model).__name__}; "
+                    "it drives the schedules of those layers only. Remove the callback for other models."
+                )
+            saved_step = max(layer.current_step for layer in layers)
+            self.step_offset = max(0, saved_step - state.global_step)
         self._set(state, model)
 
     def on_step_begin(self, args: TrainingArguments, state: Any, control: Any, model: nn.Module | None = None, **kw):
@@ -125,7 +139,7 @@ class ArcVQTrainer(Trainer):
         core = unwrap_model(self.model)
         self.train_means.set_latest("arc_weight", outputs.arc_weight)
         self.train_means.set_latest("ball_radius", outputs.ball_radius)
-        self.train_means.set_latest("schedule_step", core.training_step)
+        self.train_means.set_latest("schedule_step", core.schedule_step)
         record("batch_utilization", torch.unique(outputs.image_tokens).numel() / core.config.codebook_size)
 
     def generator_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
@@ -221,4 +235,4 @@ class ArcVQTrainer(Trainer):
         return metrics
 
 
-__all__ = ["ArcVQScheduleCallback", "ArcVQTrainer", "RunningMeans"]
+__all__ = ["ArcVQScheduleCallback", "ArcVQTrainer", "RunningMeans", "samp_layers"]

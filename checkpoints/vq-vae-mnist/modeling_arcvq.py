@@ -149,18 +149,19 @@ class ArcVQModel(ArcVQPreTrainedModel):
             self.decoder = build_vqgan_decoder(config)
             self.post_quant_conv = nn.Conv2d(config.codebook_dim, config.latent_channels, kernel_size=1)
         self.quant_conv = nn.Conv2d(self.encoder.out_channels, config.codebook_dim, kernel_size=1)
-        self.quantizer = SphericalAngularMarginQuantizer(config)
+        self.quantizer = SphericalAngularMarginQuantizer.from_config(config)
         self.post_init()
 
     # ----- schedules -------------------------------------------------------------------------------------------
     def set_training_step(self, step: int) -> None:
-        """Set the optimizer step t that drives R(t) and gamma_t."""
+        """Set the optimizer step t that drives R(t) and gamma_t (the quantizer's `step` buffer)."""
         if step < 0:
             raise ValueError(f"training step must be >= 0, got {step}.")
-        self.quantizer.step.fill_(int(step))
+        self.quantizer.set_step(int(step))
 
     @property
-    def training_step(self) -> int:
+    def schedule_step(self) -> int:
+        """The step t the schedules are at: the number of optimizer steps this model has been trained."""
         return self.quantizer.current_step
 
     @property
@@ -259,12 +260,11 @@ class ArcVQModel(ArcVQPreTrainedModel):
         pixel_values = self._prepare_pixel_values(pixel_values)
         latents = self._latents(pixel_values)
         # The arc loss only trains the encoder: encode() has no use for it.
-        quantized = self.quantizer(latents, compute_vq_loss=True, compute_arc_loss=False)
+        quantized, indices, _, losses = self.quantizer(
+            latents, compute_vq_loss=True, compute_arc_loss=False, return_loss_breakdown=True
+        )
         output = ArcVQEncoderOutput(
-            image_tokens=quantized.indices,
-            latents=latents,
-            quantized_latents=quantized.quantized,
-            quantization_loss=quantized.vq_loss,
+            image_tokens=indices, latents=latents, quantized_latents=quantized, quantization_loss=losses.vq_loss
         )
         return output if return_dict else output.to_tuple()
 
@@ -292,28 +292,28 @@ class ArcVQModel(ArcVQPreTrainedModel):
         """
         pixel_values = self._prepare_pixel_values(pixel_values)
         latents = self._latents(pixel_values)
-        quantized = self.quantizer(latents, compute_vq_loss=return_loss, compute_arc_loss=return_loss)
-        reconstruction = self.decode_latents(quantized.quantized)
-        # Schedules as device tensors: reading the step buffer on the host would sync a GPU every forward.
-        ball_radius, arc_weight = self.quantizer.schedule_tensors()
+        quantized, indices, _, parts = self.quantizer(
+            latents, compute_vq_loss=return_loss, compute_arc_loss=return_loss, return_loss_breakdown=True
+        )
+        reconstruction = self.decode_latents(quantized)
         losses = {}
         if return_loss:
             reconstruction_loss = self.reconstruction_loss(reconstruction, pixel_values)
-            loss = reconstruction_loss + quantized.vq_loss
-            if quantized.arc_loss is not None:
-                loss = loss + arc_weight * quantized.arc_loss
+            loss = reconstruction_loss + parts.vq_loss
+            if parts.arc_loss is not None:
+                loss = loss + parts.arc_weight * parts.arc_loss
             losses = {
                 "loss": loss,
                 "reconstruction_loss": reconstruction_loss,
-                "quantization_loss": quantized.vq_loss,
-                "arc_loss": quantized.arc_loss,
+                "quantization_loss": parts.vq_loss,
+                "arc_loss": parts.arc_loss,
             }
         # Built in one go so that the dict / tuple views follow the field order (loss first).
         output = ArcVQModelOutput(
             reconstruction=reconstruction,
-            image_tokens=quantized.indices,
-            arc_weight=arc_weight,
-            ball_radius=ball_radius,
+            image_tokens=indices,
+            arc_weight=parts.arc_weight,
+            ball_radius=parts.ball_radius,
             **losses,
         )
         return output if return_dict else output.to_tuple()

@@ -1,24 +1,29 @@
-"""The SAMP quantizer (docs/method.md §1): angle assignment, ball bound, VQ loss and the chunked arc-margin loss.
+"""The SAMP quantizer (docs/method.md §1) as a drop-in layer, and one function per step of the method.
+
+    quantizer = SphericalAngularMarginQuantizer(codebook_size=512, codebook_dim=64)
+    quantized, indices, loss = quantizer(latents)    # (B, D, H, W) channel-first, or (B, N, D) channel-last
 
 Every numbered step of docs/method.md §1 has one named function here:
-  1. `init_codebook_`          codebook init
-  2. `assign_codes`            nearest code by angle (or euclidean distance), chunked, float32
-  3. `vq_loss`                 codebook + beta * commitment
-  4. `ball_radius`, `project_onto_ball_`   BBNR, applied by the quantizer before training forwards
-  5. `arc_margin_loss`         additive angular-margin loss, chunked, gradient accumulated in the forward pass
-     `arc_weight_at`           gamma_t = gamma0 * exp(-lambda * t)
+  1.1 `init_codebook_`          codebook init
+  1.2 `assign_codes`            nearest code by angle (or euclidean distance), chunked, float32
+  1.3 `vq_loss`                 codebook + beta * commitment
+  1.4 `ball_radius_at`, `project_onto_ball_`   BBNR, applied by the layer before training forwards
+  1.5 `arc_margin_loss`         additive angular-margin loss, chunked, gradient accumulated in the forward pass
+      `arc_weight_at`           gamma_t = gamma0 * exp(-lambda * t)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration_arcvq import ArcVQConfig
+if TYPE_CHECKING:
+    from .configuration_arcvq import ArcVQConfig
 
 # Exponents above this overflow float32; radii and weights saturate instead.
 _MAX_EXPONENT = 80.0
@@ -26,7 +31,7 @@ _MAX_EXPONENT = 80.0
 _MIN_SINE = 1e-6
 
 
-def ball_radius(step: int | torch.Tensor, growth_rate: float) -> float | torch.Tensor:
+def ball_radius_at(step: int | torch.Tensor, growth_rate: float) -> float | torch.Tensor:
     """R(t) = exp(alpha * t), saturating instead of overflowing.
 
     A tensor step (the quantizer's buffer) gives a float32 tensor on its device, so a training forward never
@@ -38,7 +43,7 @@ def ball_radius(step: int | torch.Tensor, growth_rate: float) -> float | torch.T
 
 
 def arc_weight_at(step: int | torch.Tensor, initial_weight: float, decay: float) -> float | torch.Tensor:
-    """gamma_t = gamma0 * exp(-lambda * t); a tensor step gives a float32 tensor (see `ball_radius`)."""
+    """gamma_t = gamma0 * exp(-lambda * t); a tensor step gives a float32 tensor (see `ball_radius_at`)."""
     if isinstance(step, torch.Tensor):
         return initial_weight * torch.exp(-(step.float() * decay).clamp(max=_MAX_EXPONENT))
     return initial_weight * math.exp(-min(decay * step, _MAX_EXPONENT))
@@ -262,141 +267,285 @@ def arc_margin_loss(
         return _ChunkedArcMarginLoss.apply(latents_unit, codes_unit, top_k, float(scale), float(margin), max_elements)
 
 
-def dense_arc_margin_loss(
-    latents: torch.Tensor, codebook: torch.Tensor, scale: float = 5.0, margin: float = 0.1, top_k: int = 3
-) -> torch.Tensor:
-    """The arc loss written straight from the formula with one dense K x N matrix and autograd.
-
-    A reference for tests and benchmarks; `arc_margin_loss` is what training uses.
-    """
-    latents_unit = F.normalize(latents.float(), dim=1)
-    codes_unit = F.normalize(codebook.detach().float(), dim=1)
-    top_k = min(top_k, latents.shape[0])
-    cosines = codes_unit @ latents_unit.T
-    positive_indices = cosines.topk(top_k, dim=1).indices
-    is_positive = torch.zeros_like(cosines, dtype=torch.bool).scatter_(1, positive_indices, True)
-    logits = torch.where(is_positive, _margin_logits(cosines, scale, margin), scale * cosines)
-    positive_logits = logits.masked_fill(~is_positive, float("-inf"))
-    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(positive_logits, dim=1)).mean()
-
-
 @dataclass
-class QuantizerOutput:
-    """What `SphericalAngularMarginQuantizer.forward` returns.
+class QuantizerLosses:
+    """The parts of the layer's loss, returned with `return_loss_breakdown=True`.
 
-    quantized: (B, D, h, w) straight-through codes z + sg(e_k - z).
-    indices: (B, h, w) int64 code ids.
-    vq_loss: scalar codebook + beta * commitment.
-    arc_loss: scalar arc-margin loss (unweighted); None when disabled or not requested.
+    vq_loss: scalar codebook + beta * commitment (docs/method.md §1.3); zero when not computed.
+    commitment_loss: scalar mean ||z - sg(e)||^2; zero when not computed.
+    arc_loss: scalar unweighted arc-margin loss (docs/method.md §1.5); None when switched off or not computed.
+    arc_weight: scalar gamma_t at the layer's step (zero when the arc loss is switched off).
+    ball_radius: scalar R(t) at the layer's step.
     """
 
-    quantized: torch.Tensor
-    indices: torch.Tensor
-    vq_loss: torch.Tensor | None = None
-    arc_loss: torch.Tensor | None = None
+    vq_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    arc_loss: torch.Tensor | None
+    arc_weight: torch.Tensor
+    ball_radius: torch.Tensor
+
+
+# The layer's keywords and the config fields they come from (ArcVQConfig names them for the whole model).
+_CONFIG_FIELDS = {
+    "codebook_size": "codebook_size",
+    "codebook_dim": "codebook_dim",
+    "distance": "distance",
+    "codebook_init": "codebook_init",
+    "commitment_cost": "commitment_cost",
+    "legacy_beta_placement": "legacy_beta_placement",
+    "use_ball_bound": "use_ball_bound",
+    "ball_growth_rate": "ball_growth_rate",
+    "use_arc_margin": "use_arc_margin",
+    "arc_scale": "arc_scale",
+    "arc_margin": "arc_margin",
+    "arc_top_k": "arc_top_k",
+    "arc_weight": "arc_weight",
+    "arc_weight_decay": "arc_weight_decay",
+    "chunk_elements": "quantizer_chunk_elements",
+}
 
 
 class SphericalAngularMarginQuantizer(nn.Module):
-    """Vector quantizer with the spherical angular-margin prior (SAMP).
+    """Vector quantizer with the spherical angular-margin prior (SAMP), usable in any autoencoder.
 
-    The training step `step` is a persistent buffer that training code sets (`ArcVQModel.set_training_step`);
-    it drives the ball radius and the arc weight and travels with checkpoints, so fine-tuning continues the
-    schedules instead of restarting them.
+    `quantized, indices, loss = quantizer(x)` with x of shape (B, D, H, W) (channel-first image latents), (B, N, D)
+    (token sequences; (B, D, N) with `channel_first=True`) or (N, D). `quantized` has the shape of x and holds the raw
+    codes through the straight-through estimator; `indices` is (B, H, W), (B, N) or (N,) int64; `loss` is the float32
+    scalar vq_loss + gamma_t * arc_loss to add to the reconstruction loss.
+
+    Every keyword defaults to the paper's VQ-VAE setting (docs/method.md §1.7). The training step t that drives the
+    ball radius R(t) and the arc weight gamma_t is the persistent buffer `step`: call `set_step(t)` before each
+    optimizer step (`ArcVQScheduleCallback` does it for a Trainer, on every such layer in the model). The ball bound
+    is applied before every forward in training mode; the arc loss is computed in training mode unless
+    `compute_arc_loss` says otherwise.
+
+    Args:
+        codebook_size (`int`, 512) / codebook_dim (`int`, 64): K codes of dimension D.
+        distance (`str`, "cosine"): assignment by angle, or "euclidean" (the textbook VQ-VAE).
+        codebook_init (`str`, "uniform_normalized"): U(-1, 1) rows scaled to norm 1, or "uniform_scaled" U(-1/K, 1/K).
+        commitment_cost (`float`, 0.25) / legacy_beta_placement (`bool`, False): beta, and taming's swapped placement.
+        use_ball_bound (`bool`, True) / ball_growth_rate (`float`, 3e-4): BBNR with R(t) = exp(alpha * t).
+        use_arc_margin (`bool`, True), arc_scale (s, 5.0), arc_margin (m, 0.1), arc_top_k (3), arc_weight (gamma0,
+            1.0), arc_weight_decay (lambda, 5e-4): the arc-margin loss weighted by gamma_t = gamma0 * exp(-lambda t).
+        chunk_elements (`int`, 2**22): most code-by-token similarities held at once (bounds memory at large K).
+        channel_first (`bool`, False): 3-D input is (B, D, N) instead of (B, N, D). 4-D input is always (B, D, H, W).
+        init_codebook (`bool`, True): initialise the codebook here; `ArcVQModel` passes False because its
+            `_init_weights` does it (and skips codes loaded from a checkpoint).
     """
 
-    def __init__(self, config: ArcVQConfig) -> None:
+    def __init__(
+        self,
+        codebook_size: int = 512,
+        codebook_dim: int = 64,
+        *,
+        distance: str = "cosine",
+        codebook_init: str = "uniform_normalized",
+        commitment_cost: float = 0.25,
+        legacy_beta_placement: bool = False,
+        use_ball_bound: bool = True,
+        ball_growth_rate: float = 3e-4,
+        use_arc_margin: bool = True,
+        arc_scale: float = 5.0,
+        arc_margin: float = 0.1,
+        arc_top_k: int = 3,
+        arc_weight: float = 1.0,
+        arc_weight_decay: float = 5e-4,
+        chunk_elements: int = 2**22,
+        channel_first: bool = False,
+        init_codebook: bool = True,
+    ) -> None:
         super().__init__()
-        # Every setting is read from the config, so the quantizer can never disagree with it.
-        self.codebook_size = config.codebook_size
-        self.codebook_dim = config.codebook_dim
-        self.distance = config.distance
-        self.codebook_init = config.codebook_init
-        self.commitment_cost = config.commitment_cost
-        self.legacy_beta_placement = config.legacy_beta_placement
-        self.use_ball_bound = config.use_ball_bound
-        self.ball_growth_rate = config.ball_growth_rate
-        self.use_arc_margin = config.use_arc_margin
-        self.arc_scale = config.arc_scale
-        self.arc_margin = config.arc_margin
-        self.arc_top_k = config.arc_top_k
-        self.arc_weight = config.arc_weight
-        self.arc_weight_decay = config.arc_weight_decay
-        self.chunk_elements = config.quantizer_chunk_elements
-        self.embedding = nn.Embedding(config.codebook_size, config.codebook_dim)
+        if distance not in ("cosine", "euclidean"):
+            raise ValueError(f"distance must be 'cosine' or 'euclidean', got {distance!r}.")
+        if codebook_init not in ("uniform_normalized", "uniform_scaled"):
+            raise ValueError(f"codebook_init must be 'uniform_normalized' or 'uniform_scaled', got {codebook_init!r}.")
+        for name, value in (("codebook_size", codebook_size), ("codebook_dim", codebook_dim), ("arc_top_k", arc_top_k)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.distance = distance
+        self.codebook_init = codebook_init
+        self.commitment_cost = commitment_cost
+        self.legacy_beta_placement = legacy_beta_placement
+        self.use_ball_bound = use_ball_bound
+        self.ball_growth_rate = ball_growth_rate
+        self.use_arc_margin = use_arc_margin
+        self.arc_scale = arc_scale
+        self.arc_margin = arc_margin
+        self.arc_top_k = arc_top_k
+        self.arc_weight = arc_weight
+        self.arc_weight_decay = arc_weight_decay
+        self.chunk_elements = chunk_elements
+        self.channel_first = channel_first
+        self.embedding = nn.Embedding(codebook_size, codebook_dim)
+        if init_codebook:
+            init_codebook_(self.embedding.weight, codebook_init)
         self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=True)
+
+    @classmethod
+    def from_config(cls, config: ArcVQConfig) -> SphericalAngularMarginQuantizer:
+        """The layer `ArcVQModel` builds: every keyword read from the config, so the two can never disagree."""
+        settings = {keyword: getattr(config, field) for keyword, field in _CONFIG_FIELDS.items()}
+        return cls(**settings, init_codebook=False)
+
+    # ----- the schedules -----------------------------------------------------------------------------------
+    def set_step(self, step: int) -> None:
+        """Set the optimizer step t that drives R(t) and gamma_t."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be an integer >= 0, got {step!r}.")
+        self.step.fill_(step)
 
     @property
     def current_step(self) -> int:
         return int(self.step.item())
 
     @property
-    def ball_radius(self) -> float:
-        return ball_radius(self.current_step, self.ball_growth_rate)
+    def current_ball_radius(self) -> float:
+        """R(t) at the current step, as a Python float."""
+        return ball_radius_at(self.current_step, self.ball_growth_rate)
 
     @property
     def current_arc_weight(self) -> float:
+        """gamma_t at the current step (0 when the arc loss is switched off), as a Python float."""
         if not self.use_arc_margin:
             return 0.0
         return arc_weight_at(self.current_step, self.arc_weight, self.arc_weight_decay)
 
     def schedule_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(R(t), gamma_t) as float32 scalars on the step buffer's device, computed there (no host sync)."""
-        radius = ball_radius(self.step, self.ball_growth_rate)
+        radius = ball_radius_at(self.step, self.ball_growth_rate)
         weight = arc_weight_at(self.step, self.arc_weight, self.arc_weight_decay)
         return radius, weight if self.use_arc_margin else torch.zeros_like(weight)
+
+    # ----- the codebook ------------------------------------------------------------------------------------
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(K, D) raw code vectors."""
+        return self.embedding.weight
 
     def reset_codebook(self) -> None:
         init_codebook_(self.embedding.weight, self.codebook_init)
 
     def apply_ball_bound(self) -> torch.Tensor:
-        """Project the codebook into the ball of radius R(step); returns the mask of codes that moved."""
-        return project_onto_ball_(self.embedding.weight, ball_radius(self.step, self.ball_growth_rate))
+        """Project the codebook into the ball of radius R(step); returns the mask (K,) of codes that moved."""
+        return project_onto_ball_(self.embedding.weight, ball_radius_at(self.step, self.ball_growth_rate))
 
     def codes_for(self, indices: torch.Tensor) -> torch.Tensor:
         """(...,) ids -> (..., D) raw code vectors, exactly what the decoder consumes."""
         return self.embedding(indices)
 
-    def forward(
-        self, latents: torch.Tensor, compute_vq_loss: bool = True, compute_arc_loss: bool = True
-    ) -> QuantizerOutput:
-        """latents (B, D, h, w) -> QuantizerOutput. Applies the ball bound first when training.
+    # ----- the forward pass --------------------------------------------------------------------------------
+    def _flatten(self, latents: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Input of any accepted layout -> (N, D) rows, and a function mapping (N, D) / (N,) back to that layout."""
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise TypeError(f"latents must be a floating-point torch.Tensor, got {type(latents).__name__}.")
+        dim = self.codebook_dim
+        if latents.ndim == 4:  # (B, D, H, W)
+            batch, channels, height, width = latents.shape
+            found = channels
+            flat = latents.permute(0, 2, 3, 1).reshape(-1, channels)
 
-        `compute_arc_loss` is ignored when the config switches the arc loss off.
+            def restore(rows: torch.Tensor) -> torch.Tensor:
+                if rows.ndim == 1:
+                    return rows.view(batch, height, width)
+                return rows.view(batch, height, width, dim).permute(0, 3, 1, 2).contiguous()
+
+        elif latents.ndim == 3 and self.channel_first:  # (B, D, N)
+            batch, found, length = latents.shape
+            flat = latents.transpose(1, 2).reshape(-1, found)
+
+            def restore(rows: torch.Tensor) -> torch.Tensor:
+                if rows.ndim == 1:
+                    return rows.view(batch, length)
+                return rows.view(batch, length, dim).transpose(1, 2).contiguous()
+
+        elif latents.ndim == 3:  # (B, N, D)
+            batch, length, found = latents.shape
+            flat = latents.reshape(-1, found)
+
+            def restore(rows: torch.Tensor) -> torch.Tensor:
+                return rows.view(batch, length) if rows.ndim == 1 else rows.view(batch, length, dim)
+
+        elif latents.ndim == 2:  # (N, D)
+            found = latents.shape[1]
+            flat = latents
+
+            def restore(rows: torch.Tensor) -> torch.Tensor:
+                return rows
+
+        else:
+            raise ValueError(
+                f"latents must be (B, D, H, W), (B, N, D) (or (B, D, N) with channel_first=True) or (N, D), got shape "
+                f"{tuple(latents.shape)}."
+            )
+        if found != dim:
+            layout = "(B, D, H, W)" if latents.ndim == 4 else "(B, D, N)" if self.channel_first else "(B, N, D)"
+            raise ValueError(
+                f"latents have {found} channels where the codebook has codebook_dim={dim} (input read as {layout}, "
+                f"shape {tuple(latents.shape)}); project them to {dim} dims first, or build the layer with "
+                f"codebook_dim={found}"
+                + ("" if latents.ndim != 3 else ", or set channel_first to match the input")
+                + "."
+            )
+        if flat.shape[0] == 0:
+            raise ValueError(f"latents hold no vectors (shape {tuple(latents.shape)}).")
+        return flat, restore
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        *,
+        compute_vq_loss: bool = True,
+        compute_arc_loss: bool | None = None,
+        return_loss_breakdown: bool = False,
+    ) -> (
+        tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        | tuple[torch.Tensor, torch.Tensor, torch.Tensor, QuantizerLosses]
+    ):
+        """latents -> (quantized, indices, loss), plus `QuantizerLosses` with `return_loss_breakdown`; shapes in the
+        class docstring.
+
+        Args:
+            compute_vq_loss: compute the codebook + commitment loss (False: it is 0 in `loss`).
+            compute_arc_loss: compute the arc-margin loss; None means "in training mode". Ignored when the layer's
+                arc loss is switched off.
+            return_loss_breakdown: also return the loss parts and the schedules as `QuantizerLosses`.
         """
+        flat, restore = self._flatten(latents)
         if self.training and self.use_ball_bound:
             self.apply_ball_bound()
-        batch, dim, height, width = latents.shape
-        flat = latents.permute(0, 2, 3, 1).reshape(-1, dim)
         indices = assign_codes(flat, self.embedding.weight, self.distance, self.chunk_elements)
         codes = self.embedding(indices)
         flat_f32 = flat.float()
-        output = QuantizerOutput(quantized=latents, indices=indices.view(batch, height, width))
+        zero = flat_f32.new_zeros(())
+        vq, commitment = zero, zero
         if compute_vq_loss:
-            output.vq_loss, _ = vq_loss(flat_f32, codes.float(), self.commitment_cost, self.legacy_beta_placement)
-        if compute_arc_loss and self.use_arc_margin:
-            output.arc_loss = arc_margin_loss(
-                flat_f32,
-                self.embedding.weight,
-                self.arc_scale,
-                self.arc_margin,
-                self.arc_top_k,
-                self.chunk_elements,
+            vq, commitment = vq_loss(flat_f32, codes.float(), self.commitment_cost, self.legacy_beta_placement)
+        arc = None
+        if (self.training if compute_arc_loss is None else compute_arc_loss) and self.use_arc_margin:
+            arc = arc_margin_loss(
+                flat_f32, self.embedding.weight, self.arc_scale, self.arc_margin, self.arc_top_k, self.chunk_elements
             )
+        # Schedules as device tensors: reading the step buffer on the host would sync a GPU every forward.
+        radius, arc_weight = self.schedule_tensors()
+        loss = vq if arc is None else vq + arc_weight * arc
         # Straight-through estimator written as e + (z - sg(z)): the value is exactly e (z - z == 0), the gradient
         # with respect to z is the identity.
         straight_through = codes.detach().to(flat.dtype) + (flat - flat.detach())
-        output.quantized = straight_through.view(batch, height, width, dim).permute(0, 3, 1, 2).contiguous()
-        return output
+        quantized, indices = restore(straight_through), restore(indices)
+        if return_loss_breakdown:
+            return quantized, indices, loss, QuantizerLosses(vq, commitment, arc, arc_weight, radius)
+        return quantized, indices, loss
 
 
 __all__ = [
-    "QuantizerOutput",
+    "QuantizerLosses",
     "SphericalAngularMarginQuantizer",
     "arc_margin_loss",
     "arc_weight_at",
     "assign_codes",
-    "ball_radius",
-    "dense_arc_margin_loss",
+    "ball_radius_at",
     "init_codebook_",
     "project_onto_ball_",
     "vq_loss",
