@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import PIL.Image
@@ -79,9 +79,30 @@ def _array_to_unit_array(array: np.ndarray) -> np.ndarray:
     return unit
 
 
+def _image_name(image: PIL.Image.Image) -> str:
+    """How to name a PIL image in a message: its file name when it was opened from a file."""
+    filename = getattr(image, "filename", "") or ""
+    return f"the image file {filename}" if filename else f"the {image.format or 'in-memory'} image"
+
+
 def to_unit_array(image: Any) -> np.ndarray:
-    """One image (PIL, numpy, torch) -> float32 (H, W, C) in [0, 1] with C in {1, 3}."""
+    """One image (PIL, numpy, torch) -> float32 (H, W, C) in [0, 1] with C in {1, 3}.
+
+    Raises:
+        TypeError: `image` is None or of another type.
+        ValueError: a PIL image whose pixel data cannot be decoded (truncated or corrupt file), naming the file.
+    """
+    if image is None:
+        raise TypeError("Expected an image (PIL image, numpy array or torch tensor), got None.")
     if isinstance(image, PIL.Image.Image):
+        try:
+            # PIL decodes lazily: a truncated or corrupt file only fails here, with no file name in the message.
+            image.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ValueError(
+                f"Could not decode {_image_name(image)} ({image.format}, {image.width}x{image.height}): {err}. "
+                "The file is truncated or corrupt; download or save it again."
+            ) from err
         unit = _pil_to_unit_array(image)
     elif isinstance(image, torch.Tensor):
         unit = _array_to_unit_array(image.detach().cpu().numpy())
@@ -208,6 +229,59 @@ def _fit_to_multiple(unit: np.ndarray, multiple: int, mode: str) -> np.ndarray:
     return out
 
 
+class ArcVQImageProcessorKwargs(TypedDict, total=False):
+    """The options of `ArcVQImageProcessor` (see its docstring), each a constructor argument and a per-call
+    override of `preprocess` / `output_size`."""
+
+    num_channels: int
+    do_resize: bool
+    size: dict[str, int] | None
+    max_side: int | None
+    max_pixels: int | None
+    resample: str
+    size_divisor: int
+    divisor_mode: str
+    image_mean: list[float]
+    image_std: list[float]
+
+
+# Modes that PIL's Image.reduce handles and that reduce without bias (no alpha to premultiply, no palette).
+_REDUCIBLE_MODES = frozenset({"L", "RGB", "I", "F", "CMYK", "YCbCr"})
+
+
+def _reduce_before_decoding(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Image:
+    """A smaller copy of `image` that is still at least (height, width), made before the float conversion.
+
+    Why: converting a 9000x9000 photo to float32 and resizing it per channel peaks at over 2 GB, although only a
+    256-pixel version is wanted. A JPEG is decoded at 1/2, 1/4 or 1/8 scale straight from the file (PIL's
+    `draft`, on a fresh handle so the caller's image is left as it was); other images are box-reduced by an
+    integer factor in their own 8/16-bit mode (`Image.reduce`). The final resize to (height, width) then runs on
+    the smaller image. The caller's image is never modified.
+    """
+    factor = min(image.height // max(height, 1), image.width // max(width, 1))
+    if factor < 2:
+        return image
+    filename = getattr(image, "filename", "") or ""
+    # `tile` is non-empty until the image is decoded.
+    if image.format == "JPEG" and filename and getattr(image, "tile", None):
+        try:
+            fresh = PIL.Image.open(filename)
+            fresh.draft(fresh.mode, (width, height))
+            fresh.load()
+        except OSError:
+            fresh = None  # the caller's handle reports the error with the file name when it decodes
+        if fresh is not None and fresh.height >= height and fresh.width >= width:
+            image = fresh
+            factor = min(image.height // height, image.width // width)
+    if factor >= 2 and image.mode in _REDUCIBLE_MODES:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError):
+            return image  # to_unit_array reports it, with the file name
+        image = image.reduce(factor)
+    return image
+
+
 class ArcVQImageProcessor(BaseImageProcessor):
     r"""
     Prepares images for [`ArcVQModel`] and turns its outputs back into images.
@@ -228,6 +302,10 @@ class ArcVQImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values"]
+    # The processor's options, declared as transformers' image processors do (a TypedDict; `from_dict` reads its
+    # keys): the constructor's arguments, saved in preprocessor_config.json, and the only names `preprocess` /
+    # `output_size` accept as per-call overrides (an explicit value, None included, wins).
+    valid_kwargs = ArcVQImageProcessorKwargs
 
     def __init__(
         self,
@@ -254,7 +332,24 @@ class ArcVQImageProcessor(BaseImageProcessor):
         self.divisor_mode = divisor_mode
         self.image_mean = list(image_mean) if image_mean is not None else [0.5] * num_channels
         self.image_std = list(image_std) if image_std is not None else [0.5] * num_channels
-        self._validate_settings(self.__dict__)
+        self._validate_settings(self.settings())
+
+    def settings(self, **overrides: Any) -> dict[str, Any]:
+        """The declared options (the keys of `valid_kwargs`) with per-call `overrides` applied and validated.
+
+        Raises:
+            TypeError: an override that is not one of `valid_kwargs` (a typo would otherwise be ignored).
+            ValueError: an invalid value.
+        """
+        options = list(self.valid_kwargs.__annotations__)
+        unknown = sorted(set(overrides) - set(options))
+        if unknown:
+            raise TypeError(f"Unknown preprocess arguments {unknown}; ArcVQImageProcessor accepts {options}.")
+        settings = {name: getattr(self, name) for name in options}
+        if overrides:
+            settings.update(overrides)
+            self._validate_settings(settings)
+        return settings
 
     @staticmethod
     def _validate_settings(settings: dict[str, Any]) -> None:
@@ -285,9 +380,7 @@ class ArcVQImageProcessor(BaseImageProcessor):
         """(height, width) at which an image of this size is processed: `do_resize` / `size` and `max_side` applied,
         before the `size_divisor` crop or pad; computed from the size alone, nothing is decoded. Any constructor
         argument can be overridden, as in `preprocess`."""
-        settings = {**self.__dict__, **overrides}
-        self._validate_settings(settings)
-        return self._target_size(height, width, settings)
+        return self._target_size(height, width, self.settings(**overrides))
 
     def _target_size(self, height: int, width: int, settings: dict[str, Any]) -> tuple[int, int]:
         if settings["do_resize"]:
@@ -319,10 +412,17 @@ class ArcVQImageProcessor(BaseImageProcessor):
 
     def preprocess_one(self, image: Any, **overrides: Any) -> np.ndarray:
         """One image -> float32 (C, H, W) normalised array."""
-        settings = {**self.__dict__, **overrides}
+        settings = self.settings(**overrides)
+        if image is None:
+            raise TypeError("Expected an image (PIL image, numpy array or torch tensor), got None.")
         self._check_output_size(image, settings)
+        target = None
+        if isinstance(image, PIL.Image.Image):
+            # The output size comes from the original size, so that reducing first does not change it.
+            target = self._target_size(image.height, image.width, settings)
+            image = _reduce_before_decoding(image, *target)
         unit = convert_channels(to_unit_array(image), settings["num_channels"])
-        height, width = self._target_size(unit.shape[0], unit.shape[1], settings)
+        height, width = target or self._target_size(unit.shape[0], unit.shape[1], settings)
         unit = _resize(unit, height, width, settings["resample"])
         unit = _fit_to_multiple(unit, settings["size_divisor"], settings["divisor_mode"])
         mean = np.asarray(settings["image_mean"], dtype=np.float32)
@@ -335,11 +435,17 @@ class ArcVQImageProcessor(BaseImageProcessor):
         `return_tensors`: `"pt"` (default), `"np"`, or None for a list of (C, H, W) arrays (images may then differ
         in size). Any constructor argument can be overridden per call.
         """
-        unknown = set(overrides) - set(self.__dict__)
-        if unknown:
-            raise TypeError(f"Unknown preprocess arguments {sorted(unknown)}.")
-        if overrides:
-            self._validate_settings({**self.__dict__, **overrides})
+        self.settings(**overrides)
+        if images is None:
+            raise TypeError(
+                "No images given (None): pass a PIL image, numpy array or torch tensor, or a non-empty list of them."
+            )
+        if isinstance(images, str | bytes):
+            raise TypeError(
+                f"The processor takes a PIL image, numpy array or torch tensor, not {type(images).__name__} "
+                f"{str(images)[:80]!r}: open the file first (PIL.Image.open(path)), or use "
+                "pipeline('image-tokenization'), which reads paths and URLs."
+            )
         if isinstance(images, PIL.Image.Image | np.ndarray | torch.Tensor):
             is_batch = (isinstance(images, np.ndarray | torch.Tensor)) and images.ndim == 4
             images = list(images) if is_batch else [images]
@@ -394,6 +500,7 @@ __all__ = [
     "DEFAULT_IMAGE_STD",
     "GREY_MODES",
     "ArcVQImageProcessor",
+    "ArcVQImageProcessorKwargs",
     "convert_channels",
     "from_unit_range",
     "image_num_channels",

@@ -1,0 +1,219 @@
+"""Bad input and interrupted work fail loudly, name the input and the fix, and lose nothing (issue 23).
+
+One test (or parametrized case) per case of the issue; the kill-at-random-points tests are in
+tests/test_fault_injection.py. URLs are served by a local http.server on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import socket
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import pipeline
+
+import arcvq_hf.interop.pipeline as pipeline_module
+import arcvq_hf.model.image_processing_arcvq as processing_module
+from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A tiny saved tokenizer (model + processor + remote-code files and auto_map, as save_pretrained writes)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tokenizer")
+    model = ArcVQModel(ArcVQConfig(hidden_size=16, residual_hidden_size=8, codebook_size=32, codebook_dim=8))
+    model.save_pretrained(folder)
+    ArcVQImageProcessor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(folder):
+    return pipeline("image-tokenization", model=str(folder), trust_remote_code=False)
+
+
+def by_hand(folder: Path, image: PIL.Image.Image) -> torch.Tensor:
+    model = ArcVQModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return model.encode(ArcVQImageProcessor.from_pretrained(folder)(image).pixel_values).image_tokens[0]
+
+
+# ----- the pipeline reads images the way the processor does ---------------------------------------------------
+def test_pipeline_keeps_16_bit_png_and_alpha_compositing(folder, tokenizer, tmp_path):
+    ramp = (np.linspace(0, 65535, 16 * 24).reshape(16, 24)).astype(np.uint16)
+    deep = PIL.Image.frombytes("I;16", (24, 16), ramp.tobytes())
+    rgba = np.random.RandomState(0).randint(0, 256, (16, 24, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(np.arange(24) < 12, 0, 255)[None, :]
+    for name, image in (("deep.png", deep), ("alpha.png", PIL.Image.fromarray(rgba, mode="RGBA"))):
+        image.save(tmp_path / name)
+        expected = by_hand(folder, PIL.Image.open(tmp_path / name))
+        assert torch.equal(tokenizer(str(tmp_path / name))["image_tokens"], expected), name
+
+
+def test_pipeline_without_trust_remote_code_never_prompts(folder, monkeypatch):
+    def no_prompt(*args, **kwargs):
+        raise AssertionError("the pipeline asked on stdin whether to run custom code")
+
+    monkeypatch.setattr("builtins.input", no_prompt)
+    assert pipeline("image-tokenization", model=str(folder))(PIL.Image.new("RGB", (8, 8)))["image_tokens"].shape == (
+        2,
+        2,
+    )
+
+
+# ----- URLs: a local server only --------------------------------------------------------------------------------
+class _Handler(http.server.BaseHTTPRequestHandler):
+    png = b""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        if self.path == "/photo.png":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(self.png)))
+            self.end_headers()
+            self.wfile.write(self.png)
+        else:
+            self.send_error(404, "Not Found")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    buffer = io.BytesIO()
+    PIL.Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, format="PNG")
+    _Handler.png = buffer.getvalue()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_pipeline_url_that_answers_404_names_the_url(tokenizer, server):
+    assert tokenizer(f"{server}/photo.png")["image_tokens"].shape == (2, 2)
+    with pytest.raises(ValueError, match=r"Could not fetch the image http://127\.0\.0\.1:\d+/missing\.png.*HTTP 404"):
+        tokenizer(f"{server}/missing.png")
+
+
+def test_pipeline_url_with_connection_refused_names_the_url(tokenizer):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ConnectionError, match=rf"Could not connect to fetch the image http://127\.0\.0\.1:{port}/x"):
+        tokenizer(f"http://127.0.0.1:{port}/x.png")
+
+
+def test_pipeline_url_that_never_answers_times_out_by_default(tokenizer, monkeypatch):
+    monkeypatch.setattr(pipeline_module, "DEFAULT_TIMEOUT", 0.5)
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/photo.png"
+        with pytest.raises(TimeoutError, match=r"got no answer within 0\.5 s"):
+            tokenizer(url)
+        with pytest.raises(TimeoutError, match=r"within 0\.2 s"):
+            tokenizer(url, timeout=0.2)
+
+
+# ----- raw errors -> messages that name the input and the fix ---------------------------------------------------
+def test_pipeline_empty_list_none_missing_path_and_folder(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="No images given"):
+        tokenizer([])
+    with pytest.raises(TypeError, match="No images given"):
+        tokenizer(None)
+    with pytest.raises(FileNotFoundError, match=r"No image file at 'nope/photo\.png'"):
+        tokenizer("nope/photo.png")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        tokenizer(str(tmp_path))
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"notes\.png \(12 bytes\) is not an image file"):
+        tokenizer(str(tmp_path / "notes.png"))
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_truncated_image_file_names_the_file(tokenizer, tmp_path, suffix):
+    path = tmp_path / f"cut.{suffix}"
+    pixels = np.random.RandomState(0).randint(0, 256, (64, 64, 3), dtype=np.uint8)
+    PIL.Image.fromarray(pixels).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"cut\.{suffix}.*truncated or corrupt"):
+        ArcVQImageProcessor()(PIL.Image.open(path))
+    with pytest.raises(ValueError, match=rf"cut\.{suffix}.*truncated or corrupt"):
+        tokenizer(str(path))
+
+
+def test_processor_none_and_strings_are_refused_clearly():
+    with pytest.raises(TypeError, match=r"No images given \(None\)"):
+        ArcVQImageProcessor()(None)
+    with pytest.raises(TypeError, match="got None"):
+        ArcVQImageProcessor()([None])
+    with pytest.raises(TypeError, match=r"PIL\.Image\.open\(path\)"):
+        ArcVQImageProcessor()("photo.png")
+
+
+# ----- the processor's declared options ---------------------------------------------------------------------------
+def test_processor_options_are_declared_and_unknown_overrides_are_refused():
+    processor = ArcVQImageProcessor()
+    assert set(processor.valid_kwargs.__annotations__) == {
+        "num_channels", "do_resize", "size", "max_side", "max_pixels", "resample", "size_divisor", "divisor_mode",
+        "image_mean", "image_std",
+    }  # fmt: skip
+    # Attributes that are not options (e.g. set by transformers) are not overridable per call.
+    with pytest.raises(TypeError, match=r"Unknown preprocess arguments \['_processor_class'\].*accepts"):
+        processor(np.zeros((4, 4, 3), np.uint8), _processor_class="x")
+    with pytest.raises(TypeError, match=r"Unknown preprocess arguments \['maxside'\]"):
+        processor.output_size(8, 8, maxside=4)
+
+
+# ----- memory: huge images are refused or reduced before the full decode -----------------------------------------
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height but which holds only a few bytes of pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + pixels + chunk(b"IEND", b"")
+
+
+def test_a_9000px_png_is_refused_from_its_header_by_the_pipeline(tokenizer, tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_claiming(9000, 9000))
+    # Decoding it would fail ("truncated"); the refusal must come first, from the header alone.
+    with pytest.raises(ValueError, match=r"huge\.png: The image is 9000x9000 pixels .* max_pixels"):
+        tokenizer(str(path))
+
+
+def test_max_side_reduces_before_the_float_conversion(monkeypatch, tmp_path):
+    decoded: list[tuple[int, int]] = []
+    original = processing_module.to_unit_array
+
+    def recording(image):
+        decoded.append(image.size if isinstance(image, PIL.Image.Image) else image.shape[:2])
+        return original(image)
+
+    monkeypatch.setattr(processing_module, "to_unit_array", recording)
+    ramp = np.add.outer(np.arange(2048), np.arange(2048)) % 256
+    big = PIL.Image.fromarray(ramp.astype(np.uint8), mode="L")
+    processor = ArcVQImageProcessor(num_channels=1)
+    reduced = processor(big, max_side=256).pixel_values
+    assert reduced.shape == (1, 1, 256, 256) and max(decoded[-1]) < 512
+    assert big.size == (2048, 2048)
+    path = tmp_path / "big.jpg"
+    PIL.Image.fromarray(np.stack([ramp] * 3, -1).astype(np.uint8)).save(path, quality=90)
+    opened = PIL.Image.open(path)
+    assert processor(opened, max_side=256).pixel_values.shape == (1, 1, 256, 256)
+    assert max(decoded[-1]) <= 512 and opened.size == (2048, 2048)  # decoded at 1/4 scale; caller's image untouched
