@@ -52,6 +52,15 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from arcvq_hf import PRESETS, ArcVQConfig, ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.data.builtin import BUILTIN_DATASETS, load_image_dataset, train_eval_splits
 from arcvq_hf.data.photo_corpus import PHOTO_CROP_SIZE, RandomCropDataset, photo_eval_dataset
+from arcvq_hf.data.streaming import (
+    DEFAULT_SHUFFLE_BUFFER,
+    EVAL_SPLITS,
+    StreamingCrops,
+    eval_stream_dataset,
+    open_image_stream,
+    protocol_transform,
+    stream_split_names,
+)
 from arcvq_hf.data.transforms import (
     infer_num_channels,
     lazy_image_decoding,
@@ -61,6 +70,7 @@ from arcvq_hf.data.transforms import (
 from arcvq_hf.training.gan import ArcVQGANTrainer, GANSettings
 from arcvq_hf.training.model_card import TrainingRun, write_model_card
 from arcvq_hf.training.publish import upload_model_folder
+from arcvq_hf.training.streaming import with_streaming
 from arcvq_hf.training.trainer import ArcVQTrainer
 from arcvq_hf.utils.io_utils import looks_like_local_path, removed_if_left_empty, require_existing_folder
 
@@ -129,6 +139,20 @@ class DataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream --dataset (a Hub id, WebDataset .tar shards or an image folder) instead of downloading "
+            "and converting it first: each rank reads its own shards, shuffled in a --shuffle_buffer, decoded and "
+            "cut into --random_crop_size random resized crops (default 256) in the DataLoader workers; evaluation "
+            "on the first --max_eval_samples (default 1000) images of the eval split, shorter side resized and "
+            "centre-cropped. Needs --max_steps. Resume (--resume_from_checkpoint) skips the consumed batches; "
+            "keep the seed, batch size, processes and --dataloader_num_workers (arcvq_hf.data.streaming)."
+        },
+    )
+    shuffle_buffer: int = field(
+        default=DEFAULT_SHUFFLE_BUFFER, metadata={"help": "With --streaming: examples in the shuffle buffer."}
+    )
     perceptual_metrics: bool = field(
         default=False,
         metadata={
@@ -151,6 +175,11 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
         raise ValueError(
             f"{budget} trains nothing: give --max_steps N with N >= 1 (or --num_train_epochs > 0). Refusing to "
             "train, so that no untrained model is saved or published."
+        )
+    if data_args.streaming and (steps < 1 or data_args.dataset in BUILTIN_DATASETS):
+        raise ValueError(
+            "--streaming reads a Hub id, WebDataset shards or an image folder for --max_steps N steps (a stream has "
+            f"no length, so epochs are undefined); got --dataset {data_args.dataset!r}, --max_steps {steps}."
         )
     if model_args.model_name_or_path:
         require_existing_folder(model_args.model_name_or_path, "--model_name_or_path")
@@ -198,11 +227,26 @@ def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, flo
     training_args.remove_unused_columns = False  # the transform reads the `image` column
 
     # Data: the splits, decoded by the transform below (so that a corrupt image is reported by its file name).
-    datasets = load_image_dataset(data_args.dataset)
-    train_dataset, eval_dataset = train_eval_splits(
-        datasets, data_args.train_split, data_args.eval_split, data_args.eval_fraction, training_args.seed
-    )
-    eval_split = next((name for name, split in datasets.items() if split is eval_dataset), None)
+    if data_args.streaming:
+        # The training images stay a stream; the evaluation images are the eval split's first N, held in memory.
+        train_stream = open_image_stream(data_args.dataset, data_args.train_split, data_args.image_column)
+        splits = stream_split_names(data_args.dataset)
+        eval_split = data_args.eval_split or next((name for name in EVAL_SPLITS if name in splits), None)
+        if eval_split is None:
+            raise ValueError(
+                f"--streaming: {data_args.dataset} has no evaluation split (it has {splits}); name one with "
+                "--eval_split (a stream cannot hold out a fraction of its training split)."
+            )
+        eval_stream = open_image_stream(data_args.dataset, eval_split, data_args.image_column)
+        eval_dataset = eval_stream_dataset(eval_stream, data_args.max_eval_samples or 1000)
+        train_dataset = eval_dataset  # a stand-in until the stream replaces it below (channel count)
+        data_args.image_column = "image"
+    else:
+        datasets = load_image_dataset(data_args.dataset)
+        train_dataset, eval_dataset = train_eval_splits(
+            datasets, data_args.train_split, data_args.eval_split, data_args.eval_fraction, training_args.seed
+        )
+        eval_split = next((name for name, split in datasets.items() if split is eval_dataset), None)
     held_out = f"{data_args.train_split} (held-out {data_args.eval_fraction:.0%}, seed {training_args.seed})"
     eval_split = eval_split or held_out
     if data_args.max_train_samples is not None:
@@ -229,7 +273,24 @@ def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, flo
     processor = ArcVQImageProcessor(num_channels=config.num_channels, size_divisor=config.downsampling_factor)
     transform = pixel_values_transform(processor, data_args.image_column, data_args.image_size)
     crop_size = data_args.random_crop_size or (PHOTO_CROP_SIZE if data_args.dataset == "photos" else None)
-    if crop_size:
+    if data_args.streaming:
+        crop_size = crop_size or 256
+        # Evaluation: the field's protocol at the training resolution (shorter side resized, centre crop).
+        eval_dataset = eval_dataset.with_transform(protocol_transform(processor, crop_size))
+        train_dataset = StreamingCrops(
+            train_stream,
+            crop_size,
+            pixel_values_transform(processor),
+            rank=training_args.process_index,
+            world_size=training_args.world_size,
+            seed=training_args.seed,
+            shuffle_buffer=data_args.shuffle_buffer,
+            batch_size=training_args.per_device_train_batch_size,
+            num_workers=training_args.dataloader_num_workers,
+        )
+        # The normaliser from the first crops of a one-process view: the same on every rank.
+        variance_sample = train_dataset.first_crops(256)
+    elif crop_size:
         # Whole photos: fresh random crops for every sample of the run (nothing repeats), fixed crops to evaluate.
         samples = training_args.max_steps * training_args.per_device_train_batch_size * training_args.world_size
         train_dataset = RandomCropDataset(
@@ -276,10 +337,13 @@ def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, flo
     # Trainer creates output_dir at once; a run that fails before saving anything must not leave it behind.
     output_dir = Path(training_args.output_dir)
     with removed_if_left_empty(output_dir):
+        trainer_class = ArcVQGANTrainer if use_gan else ArcVQTrainer
+        if data_args.streaming:
+            trainer_class = with_streaming(trainer_class)  # the stream's own DataLoader and resume skip-ahead
         if use_gan:
-            trainer: ArcVQTrainer = ArcVQGANTrainer(gan_settings=gan_settings, **trainer_kwargs)
+            trainer: ArcVQTrainer = trainer_class(gan_settings=gan_settings, **trainer_kwargs)
         else:
-            trainer = ArcVQTrainer(**trainer_kwargs)
+            trainer = trainer_class(**trainer_kwargs)
 
         # Train, evaluate on the whole evaluation split, save.
         start = time.time()
@@ -299,6 +363,11 @@ def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, flo
 
     # The model card from the measured metrics, then (if asked) the upload.
     if trainer.is_world_process_zero():
+        total_batch = (
+            training_args.per_device_train_batch_size
+            * training_args.world_size
+            * training_args.gradient_accumulation_steps
+        )
         preset = model_args.preset if not finetune_from else f"fine-tuned from {finetune_from}"
         run = TrainingRun(
             command=command,
@@ -313,7 +382,11 @@ def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, flo
                     f"{training_args.gradient_accumulation_steps}"
                 ),
                 "learning rate": training_args.learning_rate,
-                "training images / evaluation images": f"{len(train_dataset)} / {len(eval_dataset)}",
+                "training images / evaluation images": (
+                    f"{len(train_dataset)} / {len(eval_dataset)}"
+                    if not data_args.streaming
+                    else f"streamed, {trainer.state.global_step * total_batch} crops / {len(eval_dataset)}"
+                ),
                 "data variance (MSE normaliser)": config.data_variance,
                 "GAN recipe": asdict(gan_settings) if use_gan else "off",
                 "wall time (s)": round(train_seconds, 1),
