@@ -217,3 +217,70 @@ def test_max_side_reduces_before_the_float_conversion(monkeypatch, tmp_path):
     opened = PIL.Image.open(path)
     assert processor(opened, max_side=256).pixel_values.shape == (1, 1, 256, 256)
     assert max(decoded[-1]) <= 512 and opened.size == (2048, 2048)  # decoded at 1/4 scale; caller's image untouched
+
+
+# ----- loading: nothing silently different from what was saved -----------------------------------------------------
+def _copy_folder(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    import json
+
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is _DROP:
+            config.pop(key)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+
+
+_DROP = object()
+
+
+def test_folder_without_config_json_is_refused(folder, tmp_path):
+    copy = _copy_folder(folder, tmp_path / "copy")
+    (copy / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"config\.json does not exist.*cannot be guessed.*Copy the config"):
+        ArcVQModel.from_pretrained(copy)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"use_ball_bound": "no"}, ValueError, r"use_ball_bound must be true or false .*got 'no'"),
+        ({"use_arc_margin": 1}, ValueError, r"use_arc_margin must be true or false"),
+        ({"data_variance": "x"}, ValueError, r"data_variance must be a number > 0, got 'x'"),
+        ({"model_type": _DROP}, ValueError, r"no \"model_type\" entry.*add \"model_type\": \"arcvq\""),
+    ],
+)
+def test_bad_config_values_are_refused_with_the_fix(folder, tmp_path, changes, error, message):
+    copy = _copy_folder(folder, tmp_path / "copy")
+    _edit_config(copy, **changes)
+    with pytest.raises(error, match=message):
+        ArcVQModel.from_pretrained(copy)
+
+
+def test_nan_weights_are_refused_when_loaded_and_when_converted(folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from arcvq_hf.interop.convert_vqvae_checkpoint import convert_vqvae_checkpoint
+
+    copy = _copy_folder(folder, tmp_path / "copy")
+    weights = load_file(copy / "model.safetensors")
+    weights["quantizer.embedding.weight"][0, 0] = float("nan")
+    save_file(weights, copy / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors holds NaN .*quantizer\.embedding\.weight"):
+        ArcVQModel.from_pretrained(copy)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        pipeline("image-tokenization", model=str(copy), trust_remote_code=False)
+    source = tmp_path / "best.pt"
+    torch.save({"_vq_vae.embedding.weight": torch.full((4, 2), float("nan"))}, source)
+    with pytest.raises(ValueError, match=r"best\.pt holds NaN .*_vq_vae\.embedding\.weight"):
+        convert_vqvae_checkpoint(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

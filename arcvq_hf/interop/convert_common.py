@@ -79,6 +79,15 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     not_tensors = sorted(str(key) for key, value in loaded.items() if not isinstance(value, torch.Tensor))
     if not_tensors:
         raise ValueError(f"{path} is not a flat state dict; these entries are not tensors: {not_tensors}.")
+    # A converted model with NaN weights gives one constant token everywhere; refuse instead of exiting 0.
+    not_finite = sorted(
+        str(key) for key, value in loaded.items() if value.is_floating_point() and not torch.isfinite(value).all()
+    )
+    if not_finite:
+        raise ValueError(
+            f"{path} holds NaN or infinite values in {len(not_finite)} tensor(s): {not_finite[:8]}. The converted "
+            "model would give one constant token everywhere; convert a checkpoint saved before training diverged."
+        )
     return dict(loaded)
 
 

@@ -146,6 +146,18 @@ class ImageTokenizationPipeline(Pipeline):
     # folder's custom code ("[y/N]") although this package's classes are registered.
     _load_video_processor = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # NaN or infinite weights load without complaint and give one constant token for every image.
+        bad = [name for name, tensor in self.model.state_dict().items() if tensor.is_floating_point()
+               and not torch.isfinite(tensor).all()]  # fmt: skip
+        if bad:
+            raise ValueError(
+                f"The model {getattr(self.model, 'name_or_path', '') or type(self.model).__name__} holds NaN or "
+                f"infinite values in {bad[:8]}; it would give one constant token everywhere. Use a checkpoint saved "
+                "before training diverged."
+            )
+
     def __call__(self, images: Any, **kwargs: Any) -> Any:
         """Tokenize one image or a list of images (see the class docstring)."""
         if images is None:

@@ -80,6 +80,40 @@ def require_readable_safetensors(folder: str | os.PathLike) -> None:
             ) from err
 
 
+def require_finite_weights(folder: str | os.PathLike) -> None:
+    """Raise a clear ValueError, naming the file and the tensors, when a `.safetensors` file in a local `folder`
+    holds NaN or infinite values. Without it such a model loads and gives one constant token everywhere."""
+    if not os.path.isdir(folder):
+        return
+    import torch
+    from safetensors import safe_open
+
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not name.endswith(".safetensors") or not os.path.isfile(path):
+            continue
+        with safe_open(path, framework="pt") as weights:
+            bad = [
+                key
+                for key in weights.keys()  # noqa: SIM118 (safe_open has no __iter__)
+                if (tensor := weights.get_tensor(key)).is_floating_point() and not torch.isfinite(tensor).all()
+            ]
+        if bad:
+            raise ValueError(
+                f"{path} holds NaN or infinite values in {len(bad)} tensor(s): {bad[:8]}"
+                f"{' ...' if len(bad) > 8 else ''}. Such a model gives one constant token everywhere; use a "
+                "checkpoint saved before training diverged (lower the learning rate, or resume from an earlier "
+                "checkpoint-N)."
+            )
+
+
+def _local_config_file(folder: str, kwargs: dict[str, Any]) -> str:
+    from transformers.utils import CONFIG_NAME
+
+    name = kwargs.get("_configuration_file", CONFIG_NAME)
+    return os.path.join(folder, kwargs.get("subfolder") or "", name)
+
+
 class ArcVQConfig(PretrainedConfig):
     r"""
     Configuration for [`ArcVQModel`]. Defaults are the paper's small VQ-VAE with the full SAMP prior.
@@ -118,11 +152,29 @@ class ArcVQConfig(PretrainedConfig):
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> tuple[dict, dict]:
-        """`PretrainedConfig.get_config_dict`, with clear errors for a local folder that does not exist or holds an
-        unreadable weights file (checked here because the config is read first)."""
+        """`PretrainedConfig.get_config_dict`, with clear errors for a local folder that does not exist, has no
+        config.json, or holds an unreadable or non-finite weights file (checked here because the config is read
+        first), and for a config without `"model_type": "arcvq"`."""
         require_existing_folder(pretrained_model_name_or_path, "model location")
-        require_readable_safetensors(pretrained_model_name_or_path)
-        return super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        folder = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(folder) and not os.path.isfile(_local_config_file(folder, kwargs)):
+            # transformers would go on with the default config: another assignment rule (cosine instead of
+            # euclidean) and other quantizer settings than the weights were trained with, without a word.
+            raise FileNotFoundError(
+                f"{_local_config_file(folder, kwargs)} does not exist: the folder {folder!r} has no config.json, and "
+                "an ArcVQ model's settings (assignment rule, codebook, backbone) cannot be guessed from its weights. "
+                "Copy the config.json the model was saved with into the folder (or save it again with "
+                "save_pretrained)."
+            )
+        require_readable_safetensors(folder)
+        require_finite_weights(folder)
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if "model_type" not in config_dict:
+            raise ValueError(
+                f'The config of {folder!r} has no "model_type" entry, so it cannot be told apart from another '
+                f'model\'s config. If it is an ArcVQ model, add "model_type": "{cls.model_type}" to its config.json.'
+            )
+        return config_dict, kwargs
 
     def __init__(
         self,
@@ -204,6 +256,15 @@ class ArcVQConfig(PretrainedConfig):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ArcVQConfig.{name} must be an integer >= 1, got {value!r}.")
 
+        def boolean(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                # bool("no") is True: a string here would silently switch the option on.
+                raise ValueError(
+                    f"ArcVQConfig.{name} must be true or false (a JSON boolean, not a string or number), got "
+                    f"{value!r}; fix it in config.json."
+                )
+
         def non_negative(name: str) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
@@ -237,8 +298,11 @@ class ArcVQConfig(PretrainedConfig):
             "arc_weight_decay",
         ):
             non_negative(name)
-        if not self.data_variance > 0:
-            raise ValueError(f"ArcVQConfig.data_variance must be > 0, got {self.data_variance!r}.")
+        for name in ("attention_at_lowest_resolution", "legacy_beta_placement", "use_ball_bound", "use_arc_margin"):
+            boolean(name)
+        value = self.data_variance
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"ArcVQConfig.data_variance must be a number > 0, got {value!r}; fix it in config.json.")
         if not self.channel_multipliers or any(
             isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.channel_multipliers
         ):
@@ -350,5 +414,6 @@ __all__ = [
     "VQGAN_VARIANT",
     "looks_like_local_path",
     "require_existing_folder",
+    "require_finite_weights",
     "require_readable_safetensors",
 ]
