@@ -451,6 +451,11 @@ def test_existing_output_folder_needs_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         convert_vqvae_checkpoint(path, out)
     assert (out / "keep.txt").read_text() == "user data"
+    # --overwrite replaces only a saved model folder (issue 23: it used to delete any folder's contents).
+    with pytest.raises(FileExistsError, match="not a saved model folder"):
+        convert_vqvae_checkpoint(path, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "user data"
+    (out / "config.json").write_text("{}")
     convert_vqvae_checkpoint(path, out, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["authors.pt", "out"]

@@ -284,3 +284,59 @@ def test_nan_weights_are_refused_when_loaded_and_when_converted(folder, tmp_path
     with pytest.raises(ValueError, match=r"best\.pt holds NaN .*_vq_vae\.embedding\.weight"):
         convert_vqvae_checkpoint(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ----- converters: --overwrite never deletes what is not a model output ---------------------------------------------
+def _authors_checkpoint(path: Path) -> Path:
+    from test_convert import authors_vqvae_state_dict
+
+    torch.save(authors_vqvae_state_dict(), path)
+    return path
+
+
+def test_convert_overwrite_refuses_a_folder_that_is_not_a_model_output(tmp_path):
+    from arcvq_hf.interop.convert_vqvae_checkpoint import main as vqvae_main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    source = _authors_checkpoint(work / "best.pt")
+    (work / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exit_info:
+        vqvae_main([str(source), str(work), "--overwrite"])
+    assert exit_info.value.code == 1
+    assert source.is_file() and (work / "notes.txt").read_text() == "keep me"
+    # A saved model folder that holds the input is refused too; one that does not is replaced.
+    model_dir = tmp_path / "model"
+    vqvae_main([str(source), str(model_dir)])
+    inside = _authors_checkpoint(model_dir / "best.pt")
+    with pytest.raises(FileExistsError, match=r"holds the input .*best\.pt"):
+        from arcvq_hf.interop.convert_vqvae_checkpoint import convert_vqvae_checkpoint
+
+        convert_vqvae_checkpoint(inside, model_dir, overwrite=True)
+    assert inside.is_file()
+    inside.unlink()
+    vqvae_main([str(source), str(model_dir), "--overwrite"])
+    assert (model_dir / "model.safetensors").is_file()
+
+
+def test_convert_overwrite_message_names_the_folder_and_the_fix(tmp_path, capsys):
+    from arcvq_hf.interop.convert_vqvae_checkpoint import main as vqvae_main
+
+    source = _authors_checkpoint(tmp_path / "best.pt")
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.png").write_bytes(b"x")
+    with pytest.raises(SystemExit):
+        vqvae_main([str(source), str(other), "--overwrite"])
+    assert "not a saved model folder (no config.json)" in capsys.readouterr().err
+
+
+def test_convert_output_under_a_file_names_the_file(tmp_path, capsys):
+    from arcvq_hf.interop.convert_vqvae_checkpoint import main as vqvae_main
+
+    source = _authors_checkpoint(tmp_path / "best.pt")
+    with pytest.raises(SystemExit):
+        vqvae_main([str(source), str(tmp_path / "best.pt" / "out")])
+    assert f"Cannot create the output folder {tmp_path / 'best.pt' / 'out'}: {source} is a file" in (
+        capsys.readouterr().err
+    )

@@ -15,7 +15,7 @@ import torch
 from arcvq_hf.model.configuration_arcvq import PRESETS, ArcVQConfig
 from arcvq_hf.model.image_processing_arcvq import ArcVQImageProcessor
 from arcvq_hf.model.modeling_arcvq import ArcVQModel
-from arcvq_hf.utils.io_utils import atomic_output_dir
+from arcvq_hf.utils.io_utils import atomic_output_dir, require_creatable_folder, require_replaceable_output
 
 # What torch.load says when weights_only=True refuses a pickled object, rather than failing to parse the file
 # (both come as "Weights only load failed"; a parse failure says e.g. "Unsupported operand").
@@ -257,14 +257,29 @@ def run_converter_cli(
     print(f"Wrote ArcVQ model to {output} (load with ArcVQModel.from_pretrained).")
 
 
+def check_output_dir(
+    output_dir: str | os.PathLike, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()
+) -> None:
+    """Before any work: `output_dir` can be created (no file in the way), and if it exists and is not empty,
+    `overwrite` is set and it is a saved model folder that holds none of `inputs` (so --overwrite never deletes
+    unrelated files or the checkpoint being converted)."""
+    folder = require_creatable_folder(output_dir)
+    if folder.is_dir() and any(folder.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{folder} exists and is not empty; pass --overwrite to replace it.")
+        require_replaceable_output(folder, inputs)
+
+
 def save_converted_folder(
     model: ArcVQModel,
     processor: ArcVQImageProcessor,
     output_dir: str | os.PathLike,
     overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> Path:
-    """`save_pretrained` model (safetensors) and processor into `output_dir`, atomically. Returns `output_dir`."""
-    with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+    """`save_pretrained` model (safetensors) and processor into `output_dir`, atomically; with `overwrite`, only a
+    saved model folder holding none of `inputs` is replaced (see `check_output_dir`). Returns `output_dir`."""
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, model_folder=True) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)
     return Path(output_dir)
@@ -275,6 +290,7 @@ __all__ = [
     "add_converter_arguments",
     "atomic_output_dir",
     "build_converted_model",
+    "check_output_dir",
     "converted_processor",
     "load_state_dict_file",
     "remap_state_dict",

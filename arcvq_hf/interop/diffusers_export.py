@@ -90,9 +90,10 @@ def to_diffusers(model: torch.nn.Module) -> VQModel:
 def export_folder(source_dir: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Load a saved ArcVQModel folder, export it, and write a `VQModel.save_pretrained` folder (safetensors) to
     `output_dir` atomically (staged in a temporary folder, then renamed). Returns `output_dir`."""
+    inputs = [source_dir] if os.path.exists(source_dir) else []
     model = ArcVQModel.from_pretrained(source_dir)
     vq_model = to_diffusers(model)
-    with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, model_folder=True) as staging:
         vq_model.save_pretrained(staging, safe_serialization=True)
     return Path(output_dir)
 

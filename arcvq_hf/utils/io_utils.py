@@ -5,7 +5,9 @@ the final `os.replace` is atomic) and removes the staging file or folder when an
 
 - `atomic_write(path, write)`: the general form; `write(temporary_path)` produces the file.
 - `atomic_write_text`, `atomic_write_bytes`, `atomic_write_json`, `save_image_atomic`: the usual payloads.
-- `atomic_output_dir(folder)`: a whole folder, swapped in by one rename.
+- `atomic_output_dir(folder)`: a whole folder, swapped in by one rename; with `overwrite=True` it replaces only a
+  saved model folder that does not hold the input (`require_replaceable_output`); SIGTERM cleans up like Ctrl-C
+  (`terminate_as_exception`), and what a SIGKILL left is removed on the next run (`remove_stale_staging`).
 - `removed_if_left_empty(folder)`: for tools that create their output folder early (Trainer), a failed run
   leaves no empty folder behind.
 
@@ -24,8 +26,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,36 +81,138 @@ def save_image_atomic(image: Any, path: str | os.PathLike, **save_kwargs: Any) -
     return atomic_write(path, lambda temporary: image.save(temporary, **save_kwargs))
 
 
+def require_creatable_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """`folder` resolved, after checking that it is a folder or can be created: neither it nor any folder above it
+    is an existing file. Raises NotADirectoryError naming the file in the way (mkdir would say only "Not a
+    directory" or "File exists")."""
+    folder = Path(folder).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"The {what} {folder} is an existing file, not a folder; choose another path.")
+    for ancestor in folder.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise NotADirectoryError(
+                    f"Cannot create the {what} {folder}: {ancestor} is a file, not a folder; choose another path."
+                )
+            break
+    return folder
+
+
+def is_model_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder` looks like the output of a save_pretrained (it holds a config.json): the only kind of
+    non-empty folder that `overwrite=True` may replace."""
+    return (Path(folder) / "config.json").is_file()
+
+
+def require_replaceable_output(
+    output_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike] = (),
+    model_folder: bool = True,
+    flag: str = "--overwrite",
+) -> None:
+    """Refuse to replace an existing non-empty `output_dir` that holds one of `inputs` (it would delete the input
+    being read) or, with `model_folder`, that is not a saved model folder (it would delete unrelated files)."""
+    output_dir = Path(output_dir).expanduser().resolve()
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    for source in inputs:
+        source = Path(source).expanduser().resolve()
+        if source == output_dir or output_dir in source.parents:
+            raise FileExistsError(
+                f"Refusing to replace {output_dir}: it holds the input {source}, which {flag} would delete. Write "
+                "the output to another folder."
+            )
+    if model_folder and not is_model_folder(output_dir):
+        entries = sorted(path.name for path in output_dir.iterdir())
+        raise FileExistsError(
+            f"Refusing to replace {output_dir}: it is not a saved model folder (no config.json) and {flag} would "
+            f"delete everything in it ({len(entries)} entries: {entries[:5]}{' ...' if len(entries) > 5 else ''}). "
+            "Choose a new or empty output folder."
+        )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(output_dir: Path) -> None:
+    """Remove the staging folders that a killed writer of `output_dir` left beside it (hidden
+    `.{name}.tmp-{pid}-*` / `.{name}.old-{pid}-*` of processes that no longer run); SIGKILL leaves no chance to
+    clean up at the time."""
+    for leftover in output_dir.parent.glob(f".{output_dir.name}.*-*-*"):
+        kind, _, rest = leftover.name.removeprefix(f".{output_dir.name}.").partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _process_alive(int(pid)) and leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def terminate_as_exception() -> Iterator[None]:
+    """Inside the block, SIGTERM raises SystemExit(143) (as SIGINT raises KeyboardInterrupt), so that `finally`
+    clauses remove staging files instead of the process dying with them in place. A no-op outside the main
+    thread, where signal handlers cannot be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
+    model_folder: bool = False,
+) -> Iterator[Path]:
     """Yield a fresh temporary folder next to `output_dir`; on success it replaces `output_dir` by a rename.
 
-    An existing non-empty `output_dir` is an error unless `overwrite`; on failure the temporary folder is removed
-    and `output_dir` is left as it was.
+    An existing non-empty `output_dir` is an error unless `overwrite`; even then a folder holding one of `inputs`
+    is never replaced, and with `model_folder=True` (the converters, the diffusers export) only a saved model
+    folder (holding config.json) is (`require_replaceable_output`). On failure,
+    Ctrl-C or SIGTERM the temporary folder is removed and `output_dir` is left as it was; the staging folders a
+    SIGKILL leaves are removed by the next call for the same `output_dir`.
     """
-    output_dir = Path(output_dir).resolve()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"{output_dir} exists and is not a folder.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+    output_dir = require_creatable_folder(output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it."
+            )
+        require_replaceable_output(output_dir, inputs, model_folder=model_folder)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    # mkdtemp makes the folder private (0700); give the final folder the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    try:
-        yield staging
-        if output_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, retired / output_dir.name)
-            os.replace(staging, output_dir)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    remove_stale_staging(output_dir)
+    with terminate_as_exception():
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-{os.getpid()}-", dir=output_dir.parent))
+        # mkdtemp makes the folder private (0700); give the final folder the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
+        try:
+            yield staging
+            if output_dir.exists():
+                retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-{os.getpid()}-", dir=output_dir.parent))
+                os.replace(output_dir, retired / output_dir.name)
+                os.replace(staging, output_dir)
+                shutil.rmtree(retired)
+            else:
+                os.replace(staging, output_dir)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
 
 
 @contextlib.contextmanager
@@ -133,6 +239,11 @@ def removed_if_left_empty(folder: str | os.PathLike) -> Iterator[Path]:
 
 __all__ = [
     "atomic_output_dir",
+    "is_model_folder",
+    "remove_stale_staging",
+    "require_creatable_folder",
+    "require_replaceable_output",
+    "terminate_as_exception",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
