@@ -72,7 +72,13 @@ from arcvq_hf.training.model_card import TrainingRun, write_model_card
 from arcvq_hf.training.publish import upload_model_folder
 from arcvq_hf.training.streaming import with_streaming
 from arcvq_hf.training.trainer import ArcVQTrainer
-from arcvq_hf.utils.io_utils import looks_like_local_path, removed_if_left_empty, require_existing_folder
+from arcvq_hf.utils.io_utils import (
+    is_model_folder,
+    looks_like_local_path,
+    removed_if_left_empty,
+    require_creatable_folder,
+    require_existing_folder,
+)
 
 
 @dataclass
@@ -111,6 +117,9 @@ class ModelArguments:
         },
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Needed for hub ids without arcvq_hf."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the final model already saved in --output_dir (else refused)."}
+    )
     license: str = field(default="apache-2.0", metadata={"help": "License in the model card."})
 
 
@@ -183,9 +192,67 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
         )
     if model_args.model_name_or_path:
         require_existing_folder(model_args.model_name_or_path, "--model_name_or_path")
+    check_output_arguments(model_args, data_args, training_args)
     dataset = data_args.dataset
     if dataset not in BUILTIN_DATASETS and not os.path.exists(dataset) and looks_like_local_path(dataset):
         raise FileNotFoundError(f"--dataset {dataset!r}: no such local folder, and not one of {BUILTIN_DATASETS}.")
+
+
+def check_output_arguments(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> None:
+    """Refuse what would fail only after training (so the trained model would be lost) or overwrite a model."""
+    if data_args.image_size is not None and data_args.image_size < 11:
+        raise ValueError(
+            f"--image_size {data_args.image_size}: the evaluation's SSIM needs images of at least 11x11 pixels; "
+            "give --image_size 11 or more (or leave it unset to keep the images' own size)."
+        )
+    if data_args.max_eval_samples is not None and data_args.max_eval_samples < 1:
+        raise ValueError(
+            f"--max_eval_samples {data_args.max_eval_samples} leaves nothing to evaluate; give N >= 1 or leave it "
+            "unset (the whole evaluation split)."
+        )
+    output_dir = require_creatable_folder(training_args.output_dir, "--output_dir")
+    resuming = bool(training_args.resume_from_checkpoint)
+    if is_model_folder(output_dir) and not resuming and not model_args.overwrite_output_dir:
+        raise FileExistsError(
+            f"--output_dir {output_dir} already holds a trained model (config.json); this run would overwrite it. "
+            "Choose another --output_dir, pass --overwrite_output_dir to replace it, or --resume_from_checkpoint "
+            "to continue its run."
+        )
+
+
+def load_dataset_argument(dataset: str) -> Any:
+    """`load_image_dataset(dataset)`, with the errors of a name that is neither a local folder nor reachable on
+    the Hub, or a folder with no images, naming `--dataset` and what to give instead."""
+    try:
+        datasets = load_image_dataset(dataset)
+    except (FileNotFoundError, ConnectionError, ValueError, OSError) as err:
+        where = "a local folder with no images in it" if os.path.isdir(dataset) else "not a local folder"
+        raise ValueError(
+            f"--dataset {dataset!r} could not be loaded: {where}, not one of {BUILTIN_DATASETS}, and not a data set "
+            f"the Hub could provide ({type(err).__name__}: {err}). Give an image folder, a save_to_disk folder, a "
+            "built-in name, or a Hub id (online, or in the local cache)."
+        ) from err
+    if not any(len(split) for split in datasets.values()):
+        raise ValueError(f"--dataset {dataset!r} holds no images; give a folder with image files in it.")
+    return datasets
+
+
+def save_final_model(trainer: ArcVQTrainer, output_dir: Path) -> None:
+    """`trainer.save_model` into a hidden staging folder, then each file renamed into `output_dir`, config.json
+    last: an interruption leaves either the previous files or a folder without config.json, which loading refuses,
+    never a half-written weights file. Trainer's pickled training_args.bin is dropped (a folder meant to be shared
+    holds no pickle; the exact command is in training_run.json and the model card)."""
+    staging = output_dir / ".final-staging"
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        files = sorted(staging.iterdir(), key=lambda path: path.name == "config.json")
+        for path in files:
+            os.replace(path, output_dir / path.name)
+        staging.rmdir()
+    trainer.accelerator.wait_for_everyone()
 
 
 def build_config(model_args: ModelArguments, num_channels: int) -> ArcVQConfig:
@@ -198,7 +265,13 @@ def build_config(model_args: ModelArguments, num_channels: int) -> ArcVQConfig:
     config = ArcVQConfig.from_preset(model_args.preset, variant=model_args.variant, num_channels=num_channels, **sizes)
     overrides = model_args.config_overrides
     if overrides and overrides.lstrip().startswith("{"):
-        values = json.loads(overrides)
+        try:
+            values = json.loads(overrides)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"--config_overrides {overrides!r} is not valid JSON ({err}); write e.g. "
+                "'{\"ball_growth_rate\": 1e-3}' or ball_growth_rate=1e-3,arc_top_k=4."
+            ) from err
         unknown = sorted(name for name in values if not hasattr(config, name))
         if unknown:
             raise ValueError(f"--config_overrides: ArcVQConfig has no fields {unknown}.")
@@ -242,7 +315,7 @@ def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, flo
         train_dataset = eval_dataset  # a stand-in until the stream replaces it below (channel count)
         data_args.image_column = "image"
     else:
-        datasets = load_image_dataset(data_args.dataset)
+        datasets = load_dataset_argument(data_args.dataset)
         train_dataset, eval_dataset = train_eval_splits(
             datasets, data_args.train_split, data_args.eval_split, data_args.eval_fraction, training_args.seed
         )
@@ -345,16 +418,13 @@ def main(args: Sequence[str] | None = None) -> tuple[ArcVQTrainer, dict[str, flo
         else:
             trainer = trainer_class(**trainer_kwargs)
 
-        # Train, evaluate on the whole evaluation split, save.
+        # Train, save, then evaluate on the whole evaluation split: the trained model is on disk before anything
+        # that can still fail (an evaluation error used to lose it).
         start = time.time()
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         train_seconds = time.time() - start
+        save_final_model(trainer, output_dir)
         metrics = trainer.evaluate()
-        trainer.save_model(str(output_dir))
-        if trainer.is_world_process_zero():
-            # Trainer pickles its arguments beside the weights; a folder meant to be shared holds no pickle (the exact
-            # command is in training_run.json and the model card instead).
-            (output_dir / "training_args.bin").unlink(missing_ok=True)
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)
         trainer.log_metrics("eval", metrics)

@@ -27,7 +27,7 @@ from arcvq_hf.data.builtin import load_image_dataset, train_eval_splits
 from arcvq_hf.prior.language_model import ImageTokenVocabulary, bits_per_token, image_token_nll, prior_config
 from arcvq_hf.prior.token_data import ImageTokenCollator, tokenize_image_dataset
 from arcvq_hf.training.publish import upload_model_folder
-from arcvq_hf.utils.io_utils import atomic_write_json, require_existing_folder
+from arcvq_hf.utils.io_utils import atomic_write_json, require_creatable_folder, require_existing_folder
 
 
 @dataclass
@@ -43,6 +43,16 @@ class PriorArguments:
     n_head: int = field(default=4, metadata={"help": "GPT-2 attention heads."})
     dropout: float = field(default=0.1, metadata={"help": "residual, embedding and attention dropout."})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)."})
+
+
+def check_budget(training_args: TrainingArguments) -> None:
+    """Refuse, before anything is loaded or written, a run that trains nothing (`--max_steps 0` used to end in a
+    ZeroDivisionError with an empty output folder left behind) or whose --output_dir cannot be a folder."""
+    steps, epochs = training_args.max_steps, training_args.num_train_epochs
+    if steps == 0 or steps < -1 or (steps == -1 and not epochs > 0):
+        budget = f"--max_steps {steps}" if steps != -1 else f"--num_train_epochs {epochs}"
+        raise ValueError(f"{budget} trains nothing: give --max_steps N with N >= 1 (or --num_train_epochs > 0).")
+    require_creatable_folder(training_args.output_dir, "--output_dir")
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -68,6 +78,7 @@ def main(args: Sequence[str] | None = None) -> None:
     if prior_args.num_threads:
         torch.set_num_threads(prior_args.num_threads)
     require_existing_folder(prior_args.tokenizer, "--tokenizer")
+    check_budget(training_args)
     set_seed(training_args.seed)
     # Pushed once at the end, after the summary: Trainer would push inside save_model, with training_args.bin.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False

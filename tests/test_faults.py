@@ -340,3 +340,119 @@ def test_convert_output_under_a_file_names_the_file(tmp_path, capsys):
     assert f"Cannot create the output folder {tmp_path / 'best.pt' / 'out'}: {source} is a file" in (
         capsys.readouterr().err
     )
+
+
+# ----- training: the trained model is never lost, nothing is overwritten silently ------------------------------------
+@pytest.fixture(scope="module")
+def train_example():
+    from example_scripts import load_example
+
+    return load_example("train_arcvq")
+
+
+@pytest.fixture(scope="module")
+def digit_data(tmp_path_factory):
+    from tiny_training import save_digit_dataset
+
+    path = tmp_path_factory.mktemp("digits") / "data"
+    save_digit_dataset(path)
+    return path
+
+
+def _train_arguments(dataset, output_dir, *extra: str) -> list[str]:
+    return [
+        "--dataset", str(dataset), "--output_dir", str(output_dir), "--hidden_size", "16", "--codebook_size", "32",
+        "--codebook_dim", "8", "--max_steps", "2", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "5", "--use_cpu", "--save_strategy", "no", "--report_to", "none",
+        "--disable_tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--image_size", "8"], r"--image_size 8: the evaluation's SSIM needs images of at least 11x11"),
+        (["--image_size", "0"], r"--image_size 0: .*11 or more"),
+        (["--max_eval_samples", "0"], r"--max_eval_samples 0 leaves nothing to evaluate"),
+        (["--config_overrides", "{bad"], r"--config_overrides '\{bad' is not valid JSON"),
+    ],
+)
+def test_bad_training_arguments_are_refused_before_training(train_example, digit_data, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        train_example.main(_train_arguments(digit_data, tmp_path / "run", *extra))
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_dir_that_is_a_file_is_named(train_example, digit_data, tmp_path):
+    (tmp_path / "run").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"--output_dir .*run is an existing file"):
+        train_example.main(_train_arguments(digit_data, tmp_path / "run"))
+
+
+def test_dataset_that_is_neither_local_nor_on_the_hub_is_named(train_example, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"--dataset 'data/nope' could not be loaded: not a local folder"):
+        train_example.main(_train_arguments("data/nope", tmp_path / "run"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images")
+    with pytest.raises(ValueError, match=r"--dataset '.*empty' .*(no images|could not be loaded)"):
+        train_example.main(_train_arguments(tmp_path / "empty", tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_is_saved_before_the_evaluation_and_never_overwritten_silently(
+    train_example, digit_data, tmp_path, monkeypatch
+):
+    from arcvq_hf.training.trainer import ArcVQTrainer
+
+    def failing_evaluate(self, *args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(ArcVQTrainer, "evaluate", failing_evaluate)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        train_example.main(_train_arguments(digit_data, tmp_path / "run"))
+    assert ArcVQModel.from_pretrained(tmp_path / "run").config.codebook_size == 32  # the trained model survived
+    monkeypatch.undo()
+    with pytest.raises(FileExistsError, match=r"already holds a trained model .*--overwrite_output_dir"):
+        train_example.main(_train_arguments(digit_data, tmp_path / "run"))
+    train_example.main(_train_arguments(digit_data, tmp_path / "run", "--overwrite_output_dir", "true"))
+    assert not any(path.name.startswith(".") for path in (tmp_path / "run").iterdir())
+
+
+def test_resume_refuses_a_checkpoint_without_the_codebook(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from tiny_training import digits, tiny_model, training_args
+
+    from arcvq_hf.training.trainer import ArcVQTrainer
+
+    args = training_args(tmp_path / "run", max_steps=2, save_strategy="steps", save_steps=1)
+    ArcVQTrainer(model=tiny_model(), args=args, train_dataset=_pixels(digits(16))).train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    weights = load_file(checkpoint / "model.safetensors")
+    weights.pop("quantizer.embedding.weight")
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    trainer = ArcVQTrainer(model=tiny_model(), args=training_args(tmp_path / "run", max_steps=3),
+                           train_dataset=_pixels(digits(16)))  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"checkpoint-2: .*missing: \['quantizer\.embedding\.weight'\].*random codebook"
+    ):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    (checkpoint / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"holds no model\.safetensors, so it is incomplete"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def _pixels(dataset):
+    from arcvq_hf.data.transforms import pixel_values_transform
+
+    return dataset.with_transform(pixel_values_transform(ArcVQImageProcessor(num_channels=1)))
+
+
+def test_train_prior_with_max_steps_0_is_refused_and_writes_nothing(tmp_path):
+    from example_scripts import load_example
+
+    prior = load_example("train_prior")
+    with pytest.raises(ValueError, match=r"--max_steps 0 trains nothing"):
+        prior.main(["--tokenizer", "checkpoints/vq-vae-mnist", "--output_dir", str(tmp_path / "prior"),
+                    "--max_steps", "0"])  # fmt: skip
+    assert not (tmp_path / "prior").exists()

@@ -33,6 +33,7 @@ except ImportError as err:
 
 from arcvq_hf.data.transforms import collate_pixel_values
 from arcvq_hf.model.quantization import SphericalAngularMarginQuantizer
+from arcvq_hf.training.checkpoints import AtomicCheckpointsMixin
 
 
 def samp_layers(model: nn.Module) -> list[SphericalAngularMarginQuantizer]:
@@ -102,7 +103,7 @@ class RunningMeans:
         return means
 
 
-class ArcVQTrainer(Trainer):
+class ArcVQTrainer(AtomicCheckpointsMixin, Trainer):
     """`Trainer` for `ArcVQModel`.
 
     - Adds `ArcVQScheduleCallback` unless one is given; collates `pixel_values` by default.
