@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_utils import unwrap_model
+from transformers.utils import logging
 
 from arcvq_hf.evaluation.loop import evaluation_report, require_perceptual_weights, whole_set_metrics
 from arcvq_hf.utils.extras import missing_extra
@@ -32,8 +33,10 @@ except ImportError as err:
     raise missing_extra("datasets", "train") from err
 
 from arcvq_hf.data.transforms import collate_pixel_values
-from arcvq_hf.model.quantization import SphericalAngularMarginQuantizer
 from arcvq_hf.training.checkpoints import AtomicCheckpointsMixin
+from arcvq_hf.model.quantization import SphericalAngularMarginQuantizer
+
+logger = logging.get_logger(__name__)
 
 
 def samp_layers(model: nn.Module) -> list[SphericalAngularMarginQuantizer]:
@@ -64,10 +67,12 @@ class ArcVQScheduleCallback(TrainerCallback):
         if model is not None:
             layers = samp_layers(model)
             if not layers:
-                raise ValueError(
-                    f"ArcVQScheduleCallback found no SphericalAngularMarginQuantizer layer in {type(model).__name__}; "
-                    "it drives the schedules of those layers only. Remove the callback for other models."
+                # Nothing to drive (e.g. a benchmark swapped in another quantizer); say so once instead of failing.
+                logger.warning(
+                    "ArcVQScheduleCallback found no SphericalAngularMarginQuantizer layer in %s: no schedule to drive.",
+                    type(unwrap_model(model)).__name__,
                 )
+                return
             saved_step = max(layer.current_step for layer in layers)
             self.step_offset = max(0, saved_step - state.global_step)
         self._set(state, model)

@@ -167,7 +167,7 @@ class ArcVQModel(ArcVQPreTrainedModel):
     @property
     def codebook(self) -> torch.Tensor:
         """(K, D) raw code vectors."""
-        return self.quantizer.embedding.weight
+        return self.quantizer.codebook
 
     # ----- input checks ----------------------------------------------------------------------------------------
     # Normalised pixels stay within a few units of 0 for any sane image_mean / image_std; 0..255 data does not.

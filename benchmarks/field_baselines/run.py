@@ -1,0 +1,278 @@
+"""ArcVQ against the field: the codebook-collapse remedies tokenizer builders use, in the same backbone, data, step
+and budget.
+
+    pip install -e ".[baselines]"                   # vector-quantize-pytorch==1.32.0 beside the benchmark extras
+    python -m arcvq_hf.evaluation.perceptual fetch  # LPIPS / rFID weights (once)
+    python benchmarks/field_baselines/run.py                          # every row, K 512 (seeds 0 1) and 8192 (seed 0)
+    python benchmarks/field_baselines/run.py --rows arcvq fsq --sizes 512 --seeds 0   # a part of the grid
+    python benchmarks/field_baselines/run.py --report-only            # RESULTS.md and the plot from the files
+
+Rows: the project's own `arcvq` (the default preset) and `vq-baseline` (the textbook VQ-VAE), and the field's layers
+through vector-quantize-pytorch (`field_quantizers.FIELD_QUANTIZERS`: EMA + k-means init + dead-code restart, the
+same with the rotation trick, low-dimensional cosine codes, SimVQ, FSQ). Each row swaps only the quantizer of the
+project's vqvae backbone (hidden 128, two residual blocks, D = 64, x4 down-sampling), and every row trains through
+the same step: `ArcVQTrainer` (the Trainer users run, its schedule callback driving the SAMP layer) with Adam 3e-4,
+constant rate, no clipping, float32 and channels_last weights on CPU (this machine's CPU has no bf16 instructions:
+bf16 autocast made the step 15x slower), batch 64 of 32 px random resized crops of
+the photo corpus's training photos (`RandomCropDataset`, a new crop for every sample), loss = MSE / data variance +
+the layer's own loss.
+
+Evaluation, on photos nobody trained on: fixed multi-scale 32 px crops of the corpus's held-out photos
+(`photo_eval_dataset` with a `--eval-grid` x `--eval-grid` grid per scale), enough that every K measured gets at
+least 20 tokens per code (docs/method.md §3.1; the count is written beside the utilization). Utilization,
+perplexity, dead codes, PSNR, SSIM over every crop; LPIPS and rFID over an evenly spaced subset of
+`--perceptual-images` crops (images per side written beside the rFID). s/step is the Trainer's train_runtime / steps
+on this shared 2-core machine, one torch thread per run.
+
+Each run is a subprocess that writes `results/<row>-K<K>-seed<seed>.json`; runs whose file exists are skipped, so
+the grid can be finished over several sittings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from field_quantizers import FIELD_QUANTIZERS, LIBRARY, LIBRARY_VERSION, build_field_quantizer  # noqa: E402
+
+from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel  # noqa: E402
+from arcvq_hf.model.quantization import QuantizerLosses  # noqa: E402
+
+RESULTS_DIR = HERE / "results"
+OWN_ROWS = ("arcvq", "vq-baseline")
+ROWS = (*OWN_ROWS, *FIELD_QUANTIZERS)
+DEFAULT_SIZES = (512, 8192)
+# Tokens per code the utilization needs at the largest K (docs/method.md §3.1).
+MIN_TOKENS_PER_CODE = 20
+
+
+class FieldLayerInArcVQ(nn.Module):
+    """A field adapter (`quantized, indices, loss = layer(x)`) behind the interface `ArcVQModel` calls on its
+    quantizer: the loss is reported as the quantization loss, there is no arc loss and no schedule."""
+
+    def __init__(self, adapter: nn.Module) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=True)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(K, D) the vectors the decoder receives per index."""
+        return self.adapter.codebook_vectors()
+
+    def codes_for(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.codebook[indices]
+
+    def set_step(self, step: int) -> None:
+        self.step.fill_(step)
+
+    @property
+    def current_step(self) -> int:
+        return int(self.step.item())
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        *,
+        compute_vq_loss: bool = True,
+        compute_arc_loss: bool | None = None,
+        return_loss_breakdown: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        quantized, indices, loss = self.adapter(latents)
+        zero = loss.new_zeros(())
+        parts = QuantizerLosses(loss, zero, None, zero, torch.full((), math.inf))
+        return (quantized, indices, loss, parts) if return_loss_breakdown else (quantized, indices, loss)
+
+
+def build_model(row: str, codebook_size: int, data_variance: float) -> tuple[ArcVQModel, dict[str, Any]]:
+    """The vqvae backbone with the row's quantizer, and the row's settings as plain data."""
+    if row in OWN_ROWS:
+        config = ArcVQConfig.from_preset(row, num_channels=3, codebook_size=codebook_size, data_variance=data_variance)
+        settings = {key: getattr(config, key) for key in ("distance", "use_ball_bound", "use_arc_margin")}
+        settings.update({key: getattr(config, key) for key in ("arc_weight", "arc_weight_decay", "ball_growth_rate")})
+        return ArcVQModel(config), {"library": "arcvq_hf", **settings}
+    adapter = build_field_quantizer(row, codebook_size, 64)
+    # The backbone (and the codebook-geometry metrics) see a plain euclidean quantizer without ball or arc loss.
+    config = ArcVQConfig.from_preset(
+        "vq-baseline", num_channels=3, codebook_size=adapter.codebook_size, data_variance=data_variance
+    )
+    model = ArcVQModel(config)
+    model.quantizer = FieldLayerInArcVQ(adapter)
+    return model, {"library": f"{LIBRARY}=={LIBRARY_VERSION}", **FIELD_QUANTIZERS[row]}
+
+
+def run_one(row: str, codebook_size: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one row and measure it; returns the result record."""
+    from torch.utils.data import DataLoader
+    from transformers import TrainingArguments
+
+    from arcvq_hf.data.photo_corpus import RandomCropDataset, load_photo_corpus, photo_eval_dataset
+    from arcvq_hf.data.transforms import collate_pixel_values, pixel_values_transform, pixel_variance
+    from arcvq_hf.evaluation.loop import evaluate_reconstruction
+    from arcvq_hf.training.trainer import ArcVQTrainer
+
+    torch.set_num_threads(args.threads)
+    corpus = load_photo_corpus(args.corpus)
+    processor = ArcVQImageProcessor(num_channels=3)
+    transform = pixel_values_transform(processor)
+    samples = args.steps * args.batch_size
+    train = RandomCropDataset(corpus["train"], 32, length=samples, transform=transform, seed=seed)
+    variance = float(pixel_variance(torch.stack([train[i]["pixel_values"] for i in range(min(len(train), 2048))])))
+    evaluation = photo_eval_dataset(corpus["test"], 32, grid=args.eval_grid).with_transform(transform)
+    torch.manual_seed(seed)
+    model, settings = build_model(row, codebook_size, variance)
+    model = model.to(memory_format=torch.channels_last)
+    training_args = TrainingArguments(
+        output_dir=str(args.work_dir / f"{row}-K{codebook_size}-seed{seed}"),
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=3e-4,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        weight_decay=0.0,
+        max_steps=args.steps,
+        use_cpu=True,
+        seed=seed,
+        logging_steps=max(1, args.steps // 10),
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    trainer = ArcVQTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor)
+    train_output = trainer.train()
+    model.eval()
+
+    def batches(dataset: Any) -> DataLoader:
+        return DataLoader(dataset, batch_size=256, collate_fn=collate_pixel_values)
+
+    metrics = evaluate_reconstruction(model, batches(evaluation), processor)
+    num_tokens = len(evaluation) * 64
+    record: dict[str, Any] = {
+        "row": row,
+        "codebook_size": model.config.codebook_size,
+        "requested_codebook_size": codebook_size,
+        "seed": seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "settings": settings,
+        "eval_crops": len(evaluation),
+        "eval_tokens": num_tokens,
+        "tokens_per_code": num_tokens / model.config.codebook_size,
+        "seconds_per_step": train_output.metrics["train_runtime"] / args.steps,
+        "threads": args.threads,
+        **{key: value for key, value in metrics.items() if isinstance(value, int | float)},
+    }
+    if args.perceptual_images > 0:
+        stride = max(1, len(evaluation) // args.perceptual_images)
+        subset = evaluation.select(range(0, len(evaluation), stride)[: args.perceptual_images])
+        reference = cached_reference_features(subset, processor, args, batches)
+        perceptual = evaluate_reconstruction(
+            model, batches(subset), processor, perceptual=True, rfid_reference_features=reference
+        )
+        record.update({key: perceptual[key] for key in ("lpips", "rfid", "rfid_num_images")})
+    record["load_average"] = os.getloadavg()[0]
+    record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return record
+
+
+def cached_reference_features(subset: Any, processor: Any, args: argparse.Namespace, batches: Any) -> torch.Tensor:
+    """The rFID features of the real side of `subset`, computed once per eval grid and image count (safetensors)."""
+    import safetensors.torch
+
+    from arcvq_hf.evaluation.loop import reference_inception_features
+
+    path = args.work_dir / f"rfid-reference-grid{args.eval_grid}-n{len(subset)}.safetensors"
+    if path.is_file():
+        return safetensors.torch.load_file(str(path))["features"]
+    features = reference_inception_features(batches(subset), processor.to_unit_range)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    safetensors.torch.save_file({"features": features.contiguous()}, str(temporary))
+    os.replace(temporary, path)
+    return features
+
+
+def result_path(row: str, codebook_size: int, seed: int) -> Path:
+    return RESULTS_DIR / f"{row}-K{codebook_size}-seed{seed}.json"
+
+
+def run_grid(args: argparse.Namespace) -> None:
+    """Every (row, K, seed) asked for whose result file is missing, each in its own subprocess."""
+    plan = []
+    for codebook_size in args.sizes:
+        seeds = args.seeds if codebook_size == min(args.sizes) else args.seeds_large
+        for seed in seeds:
+            for row in args.rows:
+                if not result_path(row, codebook_size, seed).exists():
+                    plan.append((row, codebook_size, seed))
+    print(f"{len(plan)} runs to do: {plan}", flush=True)
+    for row, codebook_size, seed in plan:
+        command = [sys.executable, __file__, "--one", row, str(codebook_size), str(seed), *args.passthrough]
+        started = time.time()
+        completed = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        status = "done" if completed.returncode == 0 else f"FAILED ({completed.returncode})"
+        print(f"{row} K={codebook_size} seed={seed}: {status} in {time.time() - started:.0f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds at the smallest K")
+    parser.add_argument("--seeds-large", nargs="+", type=int, default=[0], help="seeds at the other K")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--eval-grid", type=int, default=12, help="crop positions per axis and scale")
+    parser.add_argument("--perceptual-images", type=int, default=256, help="crops for LPIPS and rFID (0: none)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--corpus", default=None, help="photo corpus folder (default: data/photo-corpus)")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/arcvq-field-baselines"))
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--one", nargs=3, metavar=("ROW", "K", "SEED"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.report_only:
+        from report import write_report
+
+        write_report(RESULTS_DIR, HERE / "RESULTS.md")
+        return
+    if args.one:
+        row, codebook_size, seed = args.one[0], int(args.one[1]), int(args.one[2])
+        record = run_one(row, codebook_size, seed, args)
+        if record["tokens_per_code"] < MIN_TOKENS_PER_CODE:
+            print(f"warning: only {record['tokens_per_code']:.1f} tokens per code; raise --eval-grid", flush=True)
+        from arcvq_hf.utils.io_utils import atomic_write_json
+
+        RESULTS_DIR.mkdir(exist_ok=True)
+        atomic_write_json(result_path(row, codebook_size, seed), record)
+        print(json.dumps({k: record[k] for k in ("row", "codebook_size", "seed", "codebook_utilization", "psnr")}))
+        return
+    args.passthrough = [
+        f"--steps={args.steps}",
+        f"--batch-size={args.batch_size}",
+        f"--eval-grid={args.eval_grid}",
+        f"--perceptual-images={args.perceptual_images}",
+        f"--threads={args.threads}",
+        f"--work-dir={args.work_dir}",
+        *([f"--corpus={args.corpus}"] if args.corpus else []),
+    ]
+    run_grid(args)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
