@@ -33,8 +33,8 @@ except ImportError as err:
     raise missing_extra("datasets", "train") from err
 
 from arcvq_hf.data.transforms import collate_pixel_values
-from arcvq_hf.training.checkpoints import AtomicCheckpointsMixin
 from arcvq_hf.model.quantization import SphericalAngularMarginQuantizer
+from arcvq_hf.training.checkpoints import AtomicCheckpointsMixin
 
 logger = logging.get_logger(__name__)
 
