@@ -52,6 +52,7 @@ from arcvq_hf.evaluation.loop import (
 )
 from arcvq_hf.evaluation.perceptual.weights import perceptual_cache_dir, weights_path
 from arcvq_hf.model.image_processing_arcvq import to_unit_range
+from arcvq_hf.training.trainer import samp_training_step
 from arcvq_hf.utils.io_utils import atomic_write, atomic_write_json, atomic_write_text
 
 BENCHMARK_DIR = Path(__file__).resolve().parent
@@ -203,12 +204,8 @@ def train_and_evaluate(
         batch = train[permutation[cursor : cursor + BATCH_SIZE]]
         cursor += BATCH_SIZE
         started = time.perf_counter()
-        model.set_training_step(step)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
-            output = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        optimizer.step()
+        # The step ArcVQTrainer takes (schedule step, the model's loss, backward, update), in a plain loop.
+        output = samp_training_step(model, batch, optimizer, step, torch.bfloat16 if fast else None)
         train_seconds += time.perf_counter() - started
         if step % 50 == 0 or step == steps - 1:
             train_losses.append(
@@ -490,8 +487,9 @@ def write_report(results_dir: Path, steps: int) -> Path:
         f" `{shown}/` (one JSON per run). Do not edit by hand: edit the NOTES.md beside this file, which is appended"
         " below.",
         "",
-        f"Protocol: plain PyTorch loop, Adam lr {LEARNING_RATE}, batch {BATCH_SIZE}, `model.set_training_step(step)`"
-        " before each step, MSE / data variance (variance of the [-1, 1] training pixels = var(train / 255) * 4),"
+        f"Protocol: plain PyTorch loop through `samp_training_step` (the step ArcVQTrainer takes: schedule step t,"
+        f" the model's loss, backward, update), Adam lr {LEARNING_RATE}, batch {BATCH_SIZE}, MSE / data variance"
+        " (variance of the [-1, 1] training pixels = var(train / 255) * 4),"
         " the paper's VQ-VAE (hidden 128, 2 residual layers of 32, K=512, D=64, beta 0.25). Metrics from"
         " `arcvq_hf.evaluation` on the whole test split: utilization / perplexity / dead codes over all test tokens,"
         " PSNR / SSIM / L1 per image on outputs clamped to [0, 1] in float, averaged; LPIPS and rFID (when"

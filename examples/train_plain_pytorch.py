@@ -4,8 +4,9 @@
     python examples/train_plain_pytorch.py --preset vq-baseline --steps 200
 
 The protocol is the reference run's (docs/method.md §4): the fixed 4000 / 1000 split, Adam 3e-4, batch 256,
-MSE / data variance. The loop's one ArcVQ-specific line is `model.set_training_step(step)`, which drives the ball
-radius and the arc-loss weight.
+MSE / data variance. Each step is `samp_training_step` (arcvq_hf.training.trainer), the step ArcVQTrainer takes:
+it sets the step t that drives the ball radius R(t) and the arc weight gamma_t on the SAMP layer, then runs the
+model's loss, backward and the optimizer update.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from arcvq_hf import PRESETS, ArcVQConfig, ArcVQModel
 from arcvq_hf.data.builtin import mnist_arrays
 from arcvq_hf.data.transforms import pixel_variance
 from arcvq_hf.evaluation.loop import evaluate_reconstruction
+from arcvq_hf.training.trainer import samp_training_step
 
 REPORTED = ("reconstruction_loss", "codebook_utilization", "perplexity", "dead_codes", "psnr", "ssim")
 
@@ -57,11 +59,8 @@ def main() -> None:
             permutation, position = torch.randperm(len(train), generator=order), 0
         batch = train[permutation[position : position + args.batch_size]]
         position += args.batch_size
-        model.set_training_step(step)
-        output = model(batch)
-        optimizer.zero_grad()
-        output.loss.backward()
-        optimizer.step()
+        # The Trainer's step: t on the SAMP layer (drives R(t) and gamma_t), the model's loss, backward, update.
+        samp_training_step(model, batch, optimizer, step)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             report(step + 1)
     print(json.dumps({"seconds": round(time.time() - start, 1), "steps": args.steps}))

@@ -84,6 +84,34 @@ class ArcVQScheduleCallback(TrainerCallback):
         self._set(state, model)
 
 
+def samp_training_step(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    autocast_dtype: torch.dtype | None = None,
+) -> Any:
+    """One optimizer step of a plain PyTorch loop, the step `ArcVQTrainer` takes: the schedule step t on every SAMP
+    layer (what `ArcVQScheduleCallback` sets before the Trainer's step), the model's own loss, backward, update.
+
+    Args:
+        model: an `ArcVQModel` (or any model whose output has `.loss` and that holds SAMP layers), in train mode.
+        pixel_values: (B, C, H, W) model-space pixels.
+        step: the optimizer step t (0-based) that drives R(t) and gamma_t.
+        autocast_dtype: run the forward pass under autocast with this dtype (e.g. torch.bfloat16); None: no autocast.
+    Returns:
+        the model's output for this batch (its `loss` already back-propagated and applied).
+    """
+    for layer in samp_layers(model):
+        layer.set_step(step)
+    with torch.autocast(pixel_values.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        output = model(pixel_values)
+    optimizer.zero_grad(set_to_none=True)
+    output.loss.backward()
+    optimizer.step()
+    return output
+
+
 class RunningMeans:
     """Means of named training scalars since the last log, plus values of which only the latest counts."""
 
@@ -241,4 +269,4 @@ class ArcVQTrainer(AtomicCheckpointsMixin, Trainer):
         return metrics
 
 
-__all__ = ["ArcVQScheduleCallback", "ArcVQTrainer", "RunningMeans", "samp_layers"]
+__all__ = ["ArcVQScheduleCallback", "ArcVQTrainer", "RunningMeans", "samp_layers", "samp_training_step"]
