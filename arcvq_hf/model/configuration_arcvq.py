@@ -11,6 +11,7 @@ BACKBONES = ("vqvae", "vqgan")
 DISTANCES = ("cosine", "euclidean")
 CODEBOOK_INITS = ("uniform_normalized", "uniform_scaled")
 RECONSTRUCTION_LOSSES = ("mse", "l1")
+CODEBOOK_UPDATES = ("gradient", "ema")
 
 
 # Local paths vs Hub ids: defined here because this file travels with checkpoints; arcvq_hf.utils.io_utils uses them.
@@ -143,6 +144,15 @@ class ArcVQConfig(PretrainedConfig):
             re-swept there. Raise it when codebook usage matters more than PSNR.
         quantizer_chunk_elements (`int`, 2**22): largest number of code-by-token similarities held at once, which
             bounds the extra memory of assignment and of the arc loss (forward and backward).
+    Options beyond the paper (docs/method.md §1.10; each default is the paper's behaviour):
+        arc_weight_floor (`float`, 0.0): gamma_t never falls below this, so the arc loss keeps acting after the
+            decay (the paper's gamma_t is 0.01 by step 10000).
+        codebook_update (`str`, `"gradient"`): `"gradient"` (the paper: the codebook term of the VQ loss trains the
+            codes) or `"ema"`: each code becomes the exponential moving average of the raw latents assigned to it
+            (by angle or distance, whatever `distance` says), and the VQ loss keeps only beta * commitment.
+        ema_decay (`float`, 0.99): the decay of those averages and of the code-use counts below.
+        dead_code_threshold (`float`, 0.0): when > 0, in training, a code whose moving-average use per step falls
+            below this is restarted on a random latent of the batch (0: never).
     Reconstruction:
         reconstruction_loss (`str`, `"mse"`): `"mse"` (divided by `data_variance`) or `"l1"`.
         data_variance (`float`, 1.0): the VQ-VAE paper's normaliser of the MSE.
@@ -204,6 +214,10 @@ class ArcVQConfig(PretrainedConfig):
         arc_weight: float = 1.5,
         arc_weight_decay: float = 5e-4,
         quantizer_chunk_elements: int = 2**22,
+        arc_weight_floor: float = 0.0,
+        codebook_update: str = "gradient",
+        ema_decay: float = 0.99,
+        dead_code_threshold: float = 0.0,
         reconstruction_loss: str = "mse",
         data_variance: float = 1.0,
         **kwargs: Any,
@@ -234,6 +248,10 @@ class ArcVQConfig(PretrainedConfig):
         self.arc_weight = arc_weight
         self.arc_weight_decay = arc_weight_decay
         self.quantizer_chunk_elements = quantizer_chunk_elements
+        self.arc_weight_floor = arc_weight_floor
+        self.codebook_update = codebook_update
+        self.ema_decay = ema_decay
+        self.dead_code_threshold = dead_code_threshold
         self.reconstruction_loss = reconstruction_loss
         self.data_variance = data_variance
         self._validate()
@@ -274,6 +292,7 @@ class ArcVQConfig(PretrainedConfig):
         choice("distance", DISTANCES)
         choice("codebook_init", CODEBOOK_INITS)
         choice("reconstruction_loss", RECONSTRUCTION_LOSSES)
+        choice("codebook_update", CODEBOOK_UPDATES)
         for name in (
             "num_channels",
             "hidden_size",
@@ -296,8 +315,16 @@ class ArcVQConfig(PretrainedConfig):
             "arc_margin",
             "arc_weight",
             "arc_weight_decay",
+            "arc_weight_floor",
+            "dead_code_threshold",
         ):
             non_negative(name)
+        if (
+            isinstance(self.ema_decay, bool)
+            or not isinstance(self.ema_decay, int | float)
+            or not 0 <= self.ema_decay < 1
+        ):
+            raise ValueError(f"ArcVQConfig.ema_decay must be a number in [0, 1), got {self.ema_decay!r}.")
         for name in ("attention_at_lowest_resolution", "legacy_beta_placement", "use_ball_bound", "use_arc_margin"):
             boolean(name)
         value = self.data_variance

@@ -42,11 +42,14 @@ def ball_radius_at(step: int | torch.Tensor, growth_rate: float) -> float | torc
     return math.exp(min(growth_rate * step, _MAX_EXPONENT))
 
 
-def arc_weight_at(step: int | torch.Tensor, initial_weight: float, decay: float) -> float | torch.Tensor:
-    """gamma_t = gamma0 * exp(-lambda * t); a tensor step gives a float32 tensor (see `ball_radius_at`)."""
+def arc_weight_at(
+    step: int | torch.Tensor, initial_weight: float, decay: float, floor: float = 0.0
+) -> float | torch.Tensor:
+    """gamma_t = max(gamma0 * exp(-lambda * t), floor) (the floor is an option beyond the paper, docs/method.md
+    §1.10; 0 gives the paper's schedule exactly); a tensor step gives a float32 tensor (see `ball_radius_at`)."""
     if isinstance(step, torch.Tensor):
-        return initial_weight * torch.exp(-(step.float() * decay).clamp(max=_MAX_EXPONENT))
-    return initial_weight * math.exp(-min(decay * step, _MAX_EXPONENT))
+        return (initial_weight * torch.exp(-(step.float() * decay).clamp(max=_MAX_EXPONENT))).clamp(min=floor)
+    return max(initial_weight * math.exp(-min(decay * step, _MAX_EXPONENT)), floor)
 
 
 @torch.no_grad()
@@ -75,6 +78,70 @@ def project_onto_ball_(codebook: torch.Tensor, radius: float | torch.Tensor) -> 
     scale = torch.where(outside, radius / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.ones_like(norms))
     codebook.mul_(scale.unsqueeze(1).to(codebook.dtype))
     return outside
+
+
+# Laplace smoothing of the code-use counts in the EMA update: a code nobody chose keeps a finite divisor.
+_EMA_EPSILON = 1e-5
+
+
+@torch.no_grad()
+def ema_update_codebook_(
+    codebook: torch.Tensor,
+    code_usage: torch.Tensor,
+    code_sum: torch.Tensor,
+    latents: torch.Tensor,
+    indices: torch.Tensor,
+    decay: float,
+) -> None:
+    """EMA code update (docs/method.md §1.10), in place: each code becomes the moving average of the raw latents
+    assigned to it.
+
+    code_usage (K,) <- decay * code_usage + (1 - decay) * count_j; code_sum (K, D) likewise with the sum of the
+    latents assigned to code j; codebook (K, D) <- code_sum / Laplace-smoothed code_usage.
+
+    Args:
+        latents: (N, D) this batch's latents (raw: under angle assignment the codes still carry the latents' norms,
+            which the decoder receives).
+        indices: (N,) the codes they were assigned to.
+    """
+    num_codes = codebook.shape[0]
+    counts = torch.bincount(indices, minlength=num_codes).to(code_usage.dtype)
+    sums = torch.zeros_like(code_sum).index_add_(0, indices, latents.detach().to(code_sum.dtype))
+    code_usage.mul_(decay).add_(counts, alpha=1.0 - decay)
+    code_sum.mul_(decay).add_(sums, alpha=1.0 - decay)
+    total = code_usage.sum()
+    smoothed = (code_usage + _EMA_EPSILON) / (total + num_codes * _EMA_EPSILON) * total
+    codebook.copy_((code_sum / smoothed.unsqueeze(1)).to(codebook.dtype))
+
+
+@torch.no_grad()
+def restart_dead_codes_(
+    codebook: torch.Tensor,
+    code_usage: torch.Tensor,
+    latents: torch.Tensor,
+    threshold: float,
+    code_sum: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dead-code restart (docs/method.md §1.10), in place: every code whose moving-average use per step is below
+    `threshold` is moved onto a random latent of the batch, and its use is reset to 2 * threshold so that it has
+    about 70 steps (at decay 0.99) to win tokens before it can be restarted again.
+
+    Args:
+        codebook: (K, D); code_usage: (K,); latents: (N, D) this batch's latents; code_sum: (K, D) with the EMA
+            update, kept consistent (code_sum_j = code_j * code_usage_j).
+    Returns:
+        (K,) bool mask of the restarted codes.
+    """
+    dead = code_usage < threshold
+    num_dead = int(dead.sum())
+    if num_dead == 0 or latents.shape[0] == 0:
+        return dead
+    picks = torch.randint(0, latents.shape[0], (num_dead,), device=latents.device)
+    codebook[dead] = latents.detach()[picks].to(codebook.dtype)
+    code_usage[dead] = 2.0 * threshold
+    if code_sum is not None:
+        code_sum[dead] = codebook[dead].to(code_sum.dtype) * code_usage[dead].unsqueeze(1)
+    return dead
 
 
 def _rows_per_chunk(columns: int, max_elements: int) -> int:
@@ -296,6 +363,10 @@ _CONFIG_FIELDS = {
     "use_ball_bound": "use_ball_bound",
     "ball_growth_rate": "ball_growth_rate",
     "use_arc_margin": "use_arc_margin",
+    "arc_weight_floor": "arc_weight_floor",
+    "codebook_update": "codebook_update",
+    "ema_decay": "ema_decay",
+    "dead_code_threshold": "dead_code_threshold",
     "arc_scale": "arc_scale",
     "arc_margin": "arc_margin",
     "arc_top_k": "arc_top_k",
@@ -328,6 +399,13 @@ class SphericalAngularMarginQuantizer(nn.Module):
         use_arc_margin (`bool`, True), arc_scale (s, 5.0), arc_margin (m, 0.1), arc_top_k (3), arc_weight (gamma0,
             1.0), arc_weight_decay (lambda, 5e-4): the arc-margin loss weighted by gamma_t = gamma0 * exp(-lambda t).
         chunk_elements (`int`, 2**22): most code-by-token similarities held at once (bounds memory at large K).
+        Options beyond the paper (docs/method.md §1.10), off by default:
+        arc_weight_floor (`float`, 0.0): gamma_t never falls below this.
+        codebook_update (`str`, "gradient"): or "ema": codes are moving averages of the raw latents assigned to them
+            (the codebook gets no gradient; the VQ loss keeps only beta * commitment).
+        ema_decay (`float`, 0.99): decay of those averages and of the code-use counts.
+        dead_code_threshold (`float`, 0.0): > 0 restarts, in training, every code whose moving-average use per step
+            is below it on a random latent of the batch.
         channel_first (`bool`, False): 3-D input is (B, D, N) instead of (B, N, D). 4-D input is always (B, D, H, W).
         init_codebook (`bool`, True): initialise the codebook here; `ArcVQModel` passes False because its
             `_init_weights` does it (and skips codes loaded from a checkpoint).
@@ -350,6 +428,10 @@ class SphericalAngularMarginQuantizer(nn.Module):
         arc_top_k: int = 3,
         arc_weight: float = 1.0,
         arc_weight_decay: float = 5e-4,
+        arc_weight_floor: float = 0.0,
+        codebook_update: str = "gradient",
+        ema_decay: float = 0.99,
+        dead_code_threshold: float = 0.0,
         chunk_elements: int = 2**22,
         channel_first: bool = False,
         init_codebook: bool = True,
@@ -359,6 +441,10 @@ class SphericalAngularMarginQuantizer(nn.Module):
             raise ValueError(f"distance must be 'cosine' or 'euclidean', got {distance!r}.")
         if codebook_init not in ("uniform_normalized", "uniform_scaled"):
             raise ValueError(f"codebook_init must be 'uniform_normalized' or 'uniform_scaled', got {codebook_init!r}.")
+        if codebook_update not in ("gradient", "ema"):
+            raise ValueError(f"codebook_update must be 'gradient' or 'ema', got {codebook_update!r}.")
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}.")
         for name, value in (("codebook_size", codebook_size), ("codebook_dim", codebook_dim), ("arc_top_k", arc_top_k)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
@@ -376,18 +462,43 @@ class SphericalAngularMarginQuantizer(nn.Module):
         self.arc_top_k = arc_top_k
         self.arc_weight = arc_weight
         self.arc_weight_decay = arc_weight_decay
+        self.arc_weight_floor = arc_weight_floor
+        self.codebook_update = codebook_update
+        self.ema_decay = ema_decay
+        self.dead_code_threshold = dead_code_threshold
         self.chunk_elements = chunk_elements
         self.channel_first = channel_first
         self.embedding = nn.Embedding(codebook_size, codebook_dim)
+        if codebook_update == "ema":
+            self.embedding.weight.requires_grad_(False)  # moved by the moving averages, never by the optimizer
+        self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=True)
+        # Only the options that need them add buffers, so checkpoints saved without the options load unchanged.
+        if self.tracks_code_usage:
+            self.register_buffer("code_usage", torch.ones(codebook_size), persistent=True)
+        if codebook_update == "ema":
+            self.register_buffer("code_sum", torch.zeros(codebook_size, codebook_dim), persistent=True)
         if init_codebook:
             init_codebook_(self.embedding.weight, codebook_init)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=True)
+            self.reset_code_statistics()
 
     @classmethod
     def from_config(cls, config: ArcVQConfig) -> SphericalAngularMarginQuantizer:
         """The layer `ArcVQModel` builds: every keyword read from the config, so the two can never disagree."""
         settings = {keyword: getattr(config, field) for keyword, field in _CONFIG_FIELDS.items()}
         return cls(**settings, init_codebook=False)
+
+    @property
+    def tracks_code_usage(self) -> bool:
+        """Whether the layer keeps moving-average code-use counts (EMA updates or dead-code restarts)."""
+        return self.codebook_update == "ema" or self.dead_code_threshold > 0
+
+    @torch.no_grad()
+    def reset_code_statistics(self) -> None:
+        """Code-use counts of 1 (every code starts as if it had one latent: itself) and sums equal to the codes."""
+        if self.tracks_code_usage:
+            self.code_usage.fill_(1.0)
+        if self.codebook_update == "ema":
+            self.code_sum.copy_(self.embedding.weight.detach().to(self.code_sum.dtype))
 
     # ----- the schedules -----------------------------------------------------------------------------------
     def set_step(self, step: int) -> None:
@@ -410,12 +521,12 @@ class SphericalAngularMarginQuantizer(nn.Module):
         """gamma_t at the current step (0 when the arc loss is switched off), as a Python float."""
         if not self.use_arc_margin:
             return 0.0
-        return arc_weight_at(self.current_step, self.arc_weight, self.arc_weight_decay)
+        return arc_weight_at(self.current_step, self.arc_weight, self.arc_weight_decay, self.arc_weight_floor)
 
     def schedule_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(R(t), gamma_t) as float32 scalars on the step buffer's device, computed there (no host sync)."""
         radius = ball_radius_at(self.step, self.ball_growth_rate)
-        weight = arc_weight_at(self.step, self.arc_weight, self.arc_weight_decay)
+        weight = arc_weight_at(self.step, self.arc_weight, self.arc_weight_decay, self.arc_weight_floor)
         return radius, weight if self.use_arc_margin else torch.zeros_like(weight)
 
     # ----- the codebook ------------------------------------------------------------------------------------
@@ -426,6 +537,7 @@ class SphericalAngularMarginQuantizer(nn.Module):
 
     def reset_codebook(self) -> None:
         init_codebook_(self.embedding.weight, self.codebook_init)
+        self.reset_code_statistics()
 
     def apply_ball_bound(self) -> torch.Tensor:
         """Project the codebook into the ball of radius R(step); returns the mask (K,) of codes that moved."""
@@ -492,6 +604,21 @@ class SphericalAngularMarginQuantizer(nn.Module):
             raise ValueError(f"latents hold no vectors (shape {tuple(latents.shape)}).")
         return flat, restore
 
+    @torch.no_grad()
+    def _update_codebook(self, latents: torch.Tensor, indices: torch.Tensor) -> None:
+        """The training-time codebook updates of the options (after the codes were looked up, so this step's
+        outputs used the codes as they were): EMA averages, then dead-code restarts."""
+        if self.codebook_update == "ema":
+            ema_update_codebook_(
+                self.embedding.weight, self.code_usage, self.code_sum, latents, indices, self.ema_decay
+            )
+        elif self.tracks_code_usage:
+            counts = torch.bincount(indices, minlength=self.codebook_size).to(self.code_usage.dtype)
+            self.code_usage.mul_(self.ema_decay).add_(counts, alpha=1.0 - self.ema_decay)
+        if self.dead_code_threshold > 0:
+            code_sum = self.code_sum if self.codebook_update == "ema" else None
+            restart_dead_codes_(self.embedding.weight, self.code_usage, latents, self.dead_code_threshold, code_sum)
+
     def forward(
         self,
         latents: torch.Tensor,
@@ -522,6 +649,9 @@ class SphericalAngularMarginQuantizer(nn.Module):
         vq, commitment = zero, zero
         if compute_vq_loss:
             vq, commitment = vq_loss(flat_f32, codes.float(), self.commitment_cost, self.legacy_beta_placement)
+            if self.codebook_update == "ema":
+                # The codes follow the moving averages; only the commitment term trains the encoder.
+                vq = commitment * (1.0 if self.legacy_beta_placement else self.commitment_cost)
         arc = None
         if (self.training if compute_arc_loss is None else compute_arc_loss) and self.use_arc_margin:
             arc = arc_margin_loss(
@@ -530,6 +660,8 @@ class SphericalAngularMarginQuantizer(nn.Module):
         # Schedules as device tensors: reading the step buffer on the host would sync a GPU every forward.
         radius, arc_weight = self.schedule_tensors()
         loss = vq if arc is None else vq + arc_weight * arc
+        if self.training:
+            self._update_codebook(flat_f32, indices)
         # Straight-through estimator written as e + (z - sg(z)): the value is exactly e (z - z == 0), the gradient
         # with respect to z is the identity.
         straight_through = codes.detach().to(flat.dtype) + (flat - flat.detach())
@@ -541,6 +673,8 @@ class SphericalAngularMarginQuantizer(nn.Module):
 
 __all__ = [
     "QuantizerLosses",
+    "ema_update_codebook_",
+    "restart_dead_codes_",
     "SphericalAngularMarginQuantizer",
     "arc_margin_loss",
     "arc_weight_at",
