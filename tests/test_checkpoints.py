@@ -53,6 +53,7 @@ def test_checkpoint_remote_code_is_the_package_source(name):
         "configuration_arcvq.py",
         "image_processing_arcvq.py",
         "modeling_arcvq.py",
+        "pipeline_arcvq.py",
         "quantization.py",
     ]
     for copy in copies:

@@ -20,8 +20,8 @@ import pytest
 import torch
 from transformers import pipeline
 
-import arcvq_hf.interop.pipeline as pipeline_module
 import arcvq_hf.model.image_processing_arcvq as processing_module
+import arcvq_hf.model.pipeline_arcvq as pipeline_module
 from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,24 @@ class ArcVQPreTrainedModel(PreTrainedModel):
             )
         return super()._finalize_model_loading(model, load_config, loading_info)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`, plus the `image-tokenization` pipeline as remote code.
+
+        Where the model files travel (the class is registered for an Auto class, as importing `arcvq_hf` and loading
+        with `trust_remote_code=True` both do), config.json also gets the `custom_pipelines` entry, so that
+        `pipeline("image-tokenization", model=folder, trust_remote_code=True)` works without the package.
+        """
+        if self._auto_class is not None:
+            # Imported here, not at the top, because only saving needs it (it pulls in transformers' pipelines).
+            # transformers copies this file's relative imports into the saved folder (it reads the `from .x import`
+            # lines, wherever they are), so this line is also what puts pipeline_arcvq.py next to the weights.
+            from .pipeline_arcvq import CUSTOM_PIPELINES
+
+            # vars(): the saved entries as they are (the package reads the attribute through a filtered view).
+            saved = vars(self.config).get("custom_pipelines") or {}
+            self.config.custom_pipelines = {**saved, **CUSTOM_PIPELINES}
+        super().save_pretrained(save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """PyTorch's default init for convolutions and linears (the reference trains from it), the codebook
@@ -66,6 +85,7 @@ class ArcVQPreTrainedModel(PreTrainedModel):
         if isinstance(module, SphericalAngularMarginQuantizer):
             if not getattr(module.embedding.weight, "_is_hf_initialized", False):
                 init_codebook_(module.embedding.weight, module.codebook_init)
+                module.reset_code_statistics()
             init.zeros_(module.step)
         elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))

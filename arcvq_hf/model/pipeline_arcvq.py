@@ -8,13 +8,18 @@
     result["image_tokens"]    # LongTensor (h, w), h = H / f
     result["reconstruction"]  # PIL image of the decoded tokens (size of the processed input)
 
+Without the package, a saved folder serves the same task as remote code: this file travels with the model files,
+and `config.json` names it under `custom_pipelines` (`ArcVQPreTrainedModel.save_pretrained` writes both), so
+`pipeline("image-tokenization", model=folder, trust_remote_code=True)` runs this class from the folder.
+
 Paths and URLs are opened here (`open_image`), not with transformers' `load_image`: that one converts every image
 to 8-bit RGB, which saturates 16-bit PNGs and drops the alpha compositing the processor does, and decodes a huge
 image in full before the processor's `max_pixels` check could refuse it from the header. Every failure names the
 input and what to do: a missing file, an unreadable file, a URL that answers 404, refuses the connection or does
 not answer within `timeout` (default `DEFAULT_TIMEOUT` seconds, so a dead server never hangs the caller).
 
-This file imports only the standard library, transformers, torch and PIL.
+This file travels with checkpoints (remote code), so it imports only the standard library, transformers, torch and
+PIL.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ import torch
 from transformers import Pipeline
 
 TASK = "image-tokenization"
+# The `custom_pipelines` entry of a saved config.json, in the format transformers' `Pipeline.save_pretrained` writes
+# ("module.Class" inside the folder, Auto-class names): `pipeline(TASK, model=folder, trust_remote_code=True)` builds
+# `ImageTokenizationPipeline` from this file and the model with `AutoModel`, without the package installed.
+CUSTOM_PIPELINES: dict[str, dict[str, Any]] = {
+    TASK: {"impl": "pipeline_arcvq.ImageTokenizationPipeline", "pt": ["AutoModel"], "type": "image"}
+}
 # Seconds to wait for a URL's server (connection and each read) before giving up.
 DEFAULT_TIMEOUT = 30.0
 _EXIF_ORIENTATION = 0x0112
@@ -209,4 +220,11 @@ class ImageTokenizationPipeline(Pipeline):
         return result
 
 
-__all__ = ["DEFAULT_TIMEOUT", "TASK", "ImageTokenizationPipeline", "fetch_image_bytes", "open_image"]
+__all__ = [
+    "CUSTOM_PIPELINES",
+    "DEFAULT_TIMEOUT",
+    "TASK",
+    "ImageTokenizationPipeline",
+    "fetch_image_bytes",
+    "open_image",
+]
