@@ -75,7 +75,7 @@ def test_dead_codes_restart_on_batch_latents_and_live_codes_stay():
     assert torch.equal(codebook[~dead], before[~dead])
     for row in codebook[dead]:
         assert (latents == row).all(dim=1).any()
-    assert usage[dead].tolist() == [4.0, 4.0, 4.0]
+    assert usage[dead].tolist() == [2.0, 2.0, 2.0]
 
 
 def test_dead_code_restart_revives_a_collapsed_codebook():

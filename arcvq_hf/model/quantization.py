@@ -123,8 +123,9 @@ def restart_dead_codes_(
     code_sum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dead-code restart (docs/method.md §1.10), in place: every code whose moving-average use per step is below
-    `threshold` is moved onto a random latent of the batch, and its use is reset to 2 * threshold so that it has
-    about 70 steps (at decay 0.99) to win tokens before it can be restarted again.
+    `threshold` is moved onto a random latent of the batch, and its use is reset to the threshold: a restarted code
+    that wins no token in the next step is restarted again (on that step's latents), so unused codes keep following
+    where the encoder's latents are, which move fast early in training.
 
     Args:
         codebook: (K, D); code_usage: (K,); latents: (N, D) this batch's latents; code_sum: (K, D) with the EMA
@@ -138,7 +139,7 @@ def restart_dead_codes_(
         return dead
     picks = torch.randint(0, latents.shape[0], (num_dead,), device=latents.device)
     codebook[dead] = latents.detach()[picks].to(codebook.dtype)
-    code_usage[dead] = 2.0 * threshold
+    code_usage[dead] = threshold
     if code_sum is not None:
         code_sum[dead] = codebook[dead].to(code_sum.dtype) * code_usage[dead].unsqueeze(1)
     return dead

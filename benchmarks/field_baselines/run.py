@@ -52,7 +52,14 @@ from arcvq_hf import ArcVQConfig, ArcVQImageProcessor, ArcVQModel  # noqa: E402
 from arcvq_hf.model.quantization import QuantizerLosses  # noqa: E402
 
 RESULTS_DIR = HERE / "results"
-OWN_ROWS = ("arcvq", "vq-baseline")
+# The project's rows: (preset, config overrides). `arcvq-ema-restart` is ArcVQ with the field's two remedies as the
+# layer's own options (docs/method.md §1.10): EMA code updates under angle assignment and dead-code restarts with the
+# field row's threshold.
+OWN_ROWS = {
+    "arcvq": ("arcvq", {}),
+    "arcvq-ema-restart": ("arcvq", {"codebook_update": "ema", "dead_code_threshold": 2.0}),
+    "vq-baseline": ("vq-baseline", {}),
+}
 ROWS = (*OWN_ROWS, *FIELD_QUANTIZERS)
 DEFAULT_SIZES = (512, 8192)
 # Tokens per code the utilization needs at the largest K (docs/method.md §3.1).
@@ -100,9 +107,12 @@ class FieldLayerInArcVQ(nn.Module):
 def build_model(row: str, codebook_size: int, data_variance: float) -> tuple[ArcVQModel, dict[str, Any]]:
     """The vqvae backbone with the row's quantizer, and the row's settings as plain data."""
     if row in OWN_ROWS:
-        config = ArcVQConfig.from_preset(row, num_channels=3, codebook_size=codebook_size, data_variance=data_variance)
-        settings = {key: getattr(config, key) for key in ("distance", "use_ball_bound", "use_arc_margin")}
-        settings.update({key: getattr(config, key) for key in ("arc_weight", "arc_weight_decay", "ball_growth_rate")})
+        preset, overrides = OWN_ROWS[row]
+        config = ArcVQConfig.from_preset(
+            preset, num_channels=3, codebook_size=codebook_size, data_variance=data_variance, **overrides
+        )
+        keys = ("distance", "use_ball_bound", "use_arc_margin", "arc_weight", "arc_weight_decay", "ball_growth_rate")
+        settings = {"preset": preset, **{key: getattr(config, key) for key in keys}, **overrides}
         return ArcVQModel(config), {"library": "arcvq_hf", **settings}
     adapter = build_field_quantizer(row, codebook_size, 64)
     # The backbone (and the codebook-geometry metrics) see a plain euclidean quantizer without ball or arc loss.
