@@ -343,20 +343,6 @@ def test_convert_output_under_a_file_names_the_file(tmp_path, capsys):
 
 
 # ----- training: the trained model is never lost, nothing is overwritten silently ------------------------------------
-@pytest.fixture(scope="module")
-def train_example():
-    from example_scripts import load_example
-
-    return load_example("train_arcvq")
-
-
-@pytest.fixture(scope="module")
-def digit_data(tmp_path_factory):
-    from tiny_training import save_digit_dataset
-
-    path = tmp_path_factory.mktemp("digits") / "data"
-    save_digit_dataset(path)
-    return path
 
 
 def _train_arguments(dataset, output_dir, *extra: str) -> list[str]:
@@ -377,31 +363,31 @@ def _train_arguments(dataset, output_dir, *extra: str) -> list[str]:
         (["--config_overrides", "{bad"], r"--config_overrides '\{bad' is not valid JSON"),
     ],
 )
-def test_bad_training_arguments_are_refused_before_training(train_example, digit_data, tmp_path, extra, message):
+def test_bad_training_arguments_are_refused_before_training(example, digit_data, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
-        train_example.main(_train_arguments(digit_data, tmp_path / "run", *extra))
+        example.main(_train_arguments(digit_data, tmp_path / "run", *extra))
     assert not (tmp_path / "run").exists()
 
 
-def test_output_dir_that_is_a_file_is_named(train_example, digit_data, tmp_path):
+def test_output_dir_that_is_a_file_is_named(example, digit_data, tmp_path):
     (tmp_path / "run").write_text("x")
     with pytest.raises(NotADirectoryError, match=r"--output_dir .*run is an existing file"):
-        train_example.main(_train_arguments(digit_data, tmp_path / "run"))
+        example.main(_train_arguments(digit_data, tmp_path / "run"))
 
 
-def test_dataset_that_is_neither_local_nor_on_the_hub_is_named(train_example, tmp_path, monkeypatch):
+def test_dataset_that_is_neither_local_nor_on_the_hub_is_named(example, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"--dataset 'data/nope' could not be loaded: not a local folder"):
-        train_example.main(_train_arguments("data/nope", tmp_path / "run"))
+        example.main(_train_arguments("data/nope", tmp_path / "run"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images")
     with pytest.raises(ValueError, match=r"--dataset '.*empty' .*(no images|could not be loaded)"):
-        train_example.main(_train_arguments(tmp_path / "empty", tmp_path / "run"))
+        example.main(_train_arguments(tmp_path / "empty", tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
 def test_model_is_saved_before_the_evaluation_and_never_overwritten_silently(
-    train_example, digit_data, tmp_path, monkeypatch
+    example, digit_data, tmp_path, monkeypatch
 ):
     from arcvq_hf.training.trainer import ArcVQTrainer
 
@@ -410,12 +396,12 @@ def test_model_is_saved_before_the_evaluation_and_never_overwritten_silently(
 
     monkeypatch.setattr(ArcVQTrainer, "evaluate", failing_evaluate)
     with pytest.raises(RuntimeError, match="evaluation failed"):
-        train_example.main(_train_arguments(digit_data, tmp_path / "run"))
+        example.main(_train_arguments(digit_data, tmp_path / "run"))
     assert ArcVQModel.from_pretrained(tmp_path / "run").config.codebook_size == 32  # the trained model survived
     monkeypatch.undo()
     with pytest.raises(FileExistsError, match=r"already holds a trained model .*--overwrite_output_dir"):
-        train_example.main(_train_arguments(digit_data, tmp_path / "run"))
-    train_example.main(_train_arguments(digit_data, tmp_path / "run", "--overwrite_output_dir", "true"))
+        example.main(_train_arguments(digit_data, tmp_path / "run"))
+    example.main(_train_arguments(digit_data, tmp_path / "run", "--overwrite_output_dir", "true"))
     assert not any(path.name.startswith(".") for path in (tmp_path / "run").iterdir())
 
 

@@ -12,11 +12,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from example_scripts import load_example
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
-from tiny_training import CACHE_ENV, FETCH_COMMAND, TINY, digits, needs_perceptual_weights, save_digit_dataset
+from tiny_training import CACHE_ENV, FETCH_COMMAND, TINY, digits, needs_perceptual_weights
 
 from arcvq_hf import ArcVQImageProcessor, ArcVQModel
 from arcvq_hf.data.builtin import mnist_arrays
@@ -36,18 +35,6 @@ def _arguments(dataset, output_dir, *extra: str) -> list[str]:
         "--per_device_eval_batch_size", "5", "--learning_rate", "1e-2", "--logging_steps", "1", "--use_cpu",
         "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", *extra,
     ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def example():
-    return load_example("train_arcvq")
-
-
-@pytest.fixture(scope="module")
-def digit_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("digits") / "data"
-    save_digit_dataset(path)
-    return path
 
 
 def _reference_metrics(output_dir) -> dict[str, float]:
