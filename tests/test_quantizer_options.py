@@ -47,7 +47,9 @@ def test_ema_update_matches_a_float64_computation():
 
 def test_ema_layer_moves_codes_only_in_training_and_the_vq_loss_keeps_only_the_commitment():
     torch.manual_seed(1)
-    layer = SphericalAngularMarginQuantizer(codebook_size=8, codebook_dim=4, codebook_update="ema", ema_decay=0.5)
+    layer = SphericalAngularMarginQuantizer(
+        codebook_size=8, codebook_dim=4, codebook_update="ema", ema_decay=0.5, use_ball_bound=False
+    )
     assert not layer.codebook.requires_grad
     torch.testing.assert_close(layer.code_sum, layer.codebook)  # every code starts as its own one member
     latents = torch.randn(2, 4, 3, 3)
@@ -122,3 +124,13 @@ def test_bad_option_values_are_refused():
         ArcVQConfig(dead_code_threshold=-1)
     with pytest.raises(ValueError, match="codebook_update"):
         SphericalAngularMarginQuantizer(codebook_update="adam")
+
+
+def test_codes_moved_by_the_options_stay_inside_the_ball_for_evaluation():
+    torch.manual_seed(5)
+    layer = SphericalAngularMarginQuantizer(codebook_size=8, codebook_dim=4, codebook_update="ema", ema_decay=0.0)
+    latents = torch.randn(2, 4, 3, 3) * 10  # far outside the ball of radius R(0) = 1
+    layer.train()(latents)
+    assert layer.codebook.norm(dim=1).max() <= 1.0 + 1e-5
+    training_tokens = layer(latents)[1]
+    assert torch.equal(layer.eval()(latents)[1], training_tokens)

@@ -619,6 +619,10 @@ class SphericalAngularMarginQuantizer(nn.Module):
         if self.dead_code_threshold > 0:
             code_sum = self.code_sum if self.codebook_update == "ema" else None
             restart_dead_codes_(self.embedding.weight, self.code_usage, latents, self.dead_code_threshold, code_sum)
+        if self.tracks_code_usage and self.use_ball_bound:
+            # The updates place codes where the raw latents are, outside the ball; the codebook that is saved and
+            # used in evaluation must be the one training decodes from (the ball applies only in training).
+            self.apply_ball_bound()
 
     def forward(
         self,
