@@ -20,6 +20,11 @@ Examples (all offline):
         --output_dir runs/acc --max_steps 100
     (`accelerate launch --cpu` starts a single process unless MPI is set up.)
 
+    # stream local WebDataset shards (or an image folder, or a Hub id) instead of loading the data set first; each
+    # rank reads its own shards, random resized crops are cut in the DataLoader workers (arcvq_hf.data.streaming)
+    python examples/train_arcvq.py --dataset path/to/shards --streaming --random_crop_size 256 --variant vqgan \
+        --output_dir runs/stream --max_steps 1000 --dataloader_num_workers 2
+
 Options: `--dataset` (mnist-5k | skimage-photos | photos, the photo corpus that examples/build_photo_corpus.py builds |
 save_to_disk folder | image folder | hub id), `--variant vqvae|vqgan`,
 `--preset arcvq|vq-baseline|cosine-only|no-ball|no-arc`, `--model_name_or_path`, `--perceptual_metrics` (LPIPS and
