@@ -17,7 +17,7 @@ def test_defaults_are_the_papers_vqvae_variant():
 
 
 def test_vqgan_variant_preset():
-    config = ArcVQConfig.arcvq_vqgan()
+    config = ArcVQConfig.from_preset("arcvq-authors", variant="vqgan")
     assert (config.codebook_size, config.codebook_dim, config.downsampling_factor) == (1024, 16, 8)
     assert config.channel_multipliers == [1, 2, 2, 4] and config.base_channels == 128
     assert (config.ball_growth_rate, config.arc_scale, config.arc_weight_decay) == (5e-5, 10.0, 1e-4)
@@ -30,7 +30,7 @@ def test_presets_switch_exactly_their_ablation(preset):
     assert config.num_channels == 1
     for key, value in PRESETS[preset].items():
         assert getattr(config, key) == value
-    baseline = ArcVQConfig.plain_vq_vae()
+    baseline = ArcVQConfig.from_preset("vq-baseline")
     assert baseline.distance == "euclidean" and baseline.codebook_init == "uniform_scaled"
     assert not baseline.use_ball_bound and not baseline.use_arc_margin
 

@@ -143,7 +143,7 @@ def test_bad_image_tokens_are_rejected_clearly(model, tokens, error, message):
 
 
 def test_fresh_model_has_the_spec_codebook_init():
-    baseline = ArcVQModel(ArcVQConfig.plain_vq_vae(num_channels=1, **TINY))
+    baseline = ArcVQModel(ArcVQConfig.from_preset("vq-baseline", num_channels=1, **TINY))
     assert baseline.codebook.abs().max() <= 1 / 64
     arcvq = ArcVQModel(ArcVQConfig(num_channels=1, **TINY))
     torch.testing.assert_close(arcvq.codebook.norm(dim=1), torch.ones(64))

@@ -347,21 +347,6 @@ class ArcVQConfig(PretrainedConfig):
 
     # ----- presets -------------------------------------------------------------------------------------------
     @classmethod
-    def arcvq_vae(cls, **overrides: Any) -> ArcVQConfig:
-        """The paper's small VQ-VAE (x4, K=512, D=64) with the full SAMP prior."""
-        return cls(**{**PRESETS["arcvq"], **overrides})
-
-    @classmethod
-    def arcvq_vqgan(cls, **overrides: Any) -> ArcVQConfig:
-        """The VQGAN variant (x8, K=1024, D=16, ch 128, ch_mult [1, 2, 2, 4]) with its SAMP defaults."""
-        return cls(**{**VQGAN_VARIANT, **overrides})
-
-    @classmethod
-    def plain_vq_vae(cls, **overrides: Any) -> ArcVQConfig:
-        """The textbook VQ-VAE baseline: euclidean assignment, U(-1/K, 1/K) init, no ball bound, no arc loss."""
-        return cls(**{**PRESETS["vq-baseline"], **overrides})
-
-    @classmethod
     def from_preset(cls, preset: str, variant: str = "vqvae", **overrides: Any) -> ArcVQConfig:
         """One of `PRESETS` (`arcvq`, `arcvq-authors`, `vq-baseline`, `cosine-only`, `no-ball`, `no-arc`) on the
         `vqvae` or `vqgan` variant; keyword overrides win."""
