@@ -285,8 +285,27 @@ def save_converted_folder(
     return Path(output_dir)
 
 
+def convert_checkpoint_file(
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    to_model: Callable[[dict[str, torch.Tensor]], ArcVQModel],
+    image_mean: list[float] | None = None,
+    image_std: list[float] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """The converters' one path: check `output_dir` before any work, read `checkpoint` (local file or
+    `hf://repo/path`) without unpickling code, build the model with `to_model(state_dict)`, and save model and
+    processor into `output_dir` atomically. Returns `output_dir`."""
+    check_output_dir(output_dir, overwrite, inputs=[checkpoint])
+    source = resolve_checkpoint(checkpoint)
+    model = to_model(load_state_dict_file(source))
+    processor = converted_processor(model.config, image_mean, image_std)
+    return save_converted_folder(model, processor, output_dir, overwrite=overwrite, inputs=[source])
+
+
 __all__ = [
     "HUB_PREFIX",
+    "convert_checkpoint_file",
     "add_converter_arguments",
     "atomic_output_dir",
     "build_converted_model",

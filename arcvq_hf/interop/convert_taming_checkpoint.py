@@ -42,13 +42,9 @@ from arcvq_hf.model.modeling_arcvq import ArcVQModel
 
 from .convert_common import (
     build_converted_model,
-    check_output_dir,
-    converted_processor,
-    load_state_dict_file,
+    convert_checkpoint_file,
     require_key,
-    resolve_checkpoint,
     run_converter_cli,
-    save_converted_folder,
     shared_options,
 )
 
@@ -191,11 +187,14 @@ def convert_taming_checkpoint(
     """Read `checkpoint` (a local torch / Lightning file loaded with weights_only=True or .safetensors, or
     `hf://repo/path`) and write an ArcVQ folder (model + image processor) to `output_dir` atomically.
     Returns `output_dir`."""
-    check_output_dir(output_dir, overwrite, inputs=[checkpoint])
-    source = resolve_checkpoint(checkpoint)
-    model = convert_taming_state_dict(load_state_dict_file(source), preset, norm_num_groups)
-    processor = converted_processor(model.config, image_mean, image_std)
-    return save_converted_folder(model, processor, output_dir, overwrite=overwrite, inputs=[source])
+    return convert_checkpoint_file(
+        checkpoint,
+        output_dir,
+        lambda state_dict: convert_taming_state_dict(state_dict, preset, norm_num_groups),
+        image_mean,
+        image_std,
+        overwrite,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -46,13 +46,9 @@ from arcvq_hf.model.modeling_arcvq import ArcVQModel
 
 from .convert_common import (
     build_converted_model,
-    check_output_dir,
-    converted_processor,
-    load_state_dict_file,
+    convert_checkpoint_file,
     require_key,
-    resolve_checkpoint,
     run_converter_cli,
-    save_converted_folder,
     shared_options,
 )
 
@@ -164,11 +160,14 @@ def convert_vqvae_checkpoint(
     write an ArcVQ folder (model + image processor) to `output_dir` atomically. `image_mean` / `image_std` give the
     processor the normalisation the checkpoint was trained with (default 0.5 / 0.5: pixels in [-1, 1]).
     Returns `output_dir`."""
-    check_output_dir(output_dir, overwrite, inputs=[checkpoint])
-    source = resolve_checkpoint(checkpoint)
-    model = convert_vqvae_state_dict(load_state_dict_file(source), preset, data_variance)
-    processor = converted_processor(model.config, image_mean, image_std)
-    return save_converted_folder(model, processor, output_dir, overwrite=overwrite, inputs=[source])
+    return convert_checkpoint_file(
+        checkpoint,
+        output_dir,
+        lambda state_dict: convert_vqvae_state_dict(state_dict, preset, data_variance),
+        image_mean,
+        image_std,
+        overwrite,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
