@@ -19,8 +19,8 @@ from arcvq_hf.model.pipeline_arcvq import CUSTOM_PIPELINES
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
-# Runs in the child: blocks every import of arcvq_hf, proves it, then loads through the Auto classes.
-CHILD = textwrap.dedent(
+# The start of every child: blocks every import of arcvq_hf and proves it.
+BLOCK_PACKAGE = textwrap.dedent(
     """
     import importlib.abc, json, sys
 
@@ -36,6 +36,12 @@ CHILD = textwrap.dedent(
         raise SystemExit("arcvq_hf was importable")
     except ImportError:
         pass
+    """
+)
+
+# Runs in the child: blocks arcvq_hf, then loads through the Auto classes.
+CHILD = BLOCK_PACKAGE + textwrap.dedent(
+    """
 
     import numpy as np
     import torch
@@ -103,22 +109,8 @@ def test_saved_folder_loads_with_remote_code_without_the_package(tmp_path):
 
 
 # Runs in the child: blocks arcvq_hf as above, then asks for the pipeline without and with trust_remote_code.
-PIPELINE_CHILD = textwrap.dedent(
+PIPELINE_CHILD = BLOCK_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockArcVQ(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "arcvq_hf" or name.startswith("arcvq_hf."):
-                raise ImportError("arcvq_hf is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, BlockArcVQ())
-    try:
-        import arcvq_hf  # noqa: F401
-        raise SystemExit("arcvq_hf was importable")
-    except ImportError:
-        pass
 
     from safetensors.torch import save_file
     from transformers import pipeline

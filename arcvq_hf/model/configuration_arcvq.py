@@ -59,18 +59,22 @@ def require_existing_folder(path: str | os.PathLike, what: str) -> str:
     return text
 
 
+def _local_safetensors_files(folder: str | os.PathLike) -> list[str]:
+    """The `.safetensors` files directly inside a local `folder`, sorted (none for a Hub id)."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(os.listdir(folder))
+    paths = [os.path.join(folder, name) for name in names if name.endswith(".safetensors")]
+    return [path for path in paths if os.path.isfile(path)]
+
+
 def require_readable_safetensors(folder: str | os.PathLike) -> None:
     """Raise a clear OSError, naming the file, for a truncated, empty or corrupt `.safetensors` file in a local
     `folder` (only the header is read). Without it, loading fails deep inside transformers with safetensors' bare
     "Error while deserializing header" and no file name."""
-    if not os.path.isdir(folder):
-        return
     from safetensors import SafetensorError, safe_open
 
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if not name.endswith(".safetensors") or not os.path.isfile(path):
-            continue
+    for path in _local_safetensors_files(folder):
         try:
             with safe_open(path, framework="pt"):
                 pass
@@ -84,15 +88,10 @@ def require_readable_safetensors(folder: str | os.PathLike) -> None:
 def require_finite_weights(folder: str | os.PathLike) -> None:
     """Raise a clear ValueError, naming the file and the tensors, when a `.safetensors` file in a local `folder`
     holds NaN or infinite values. Without it such a model loads and gives one constant token everywhere."""
-    if not os.path.isdir(folder):
-        return
     import torch
     from safetensors import safe_open
 
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if not name.endswith(".safetensors") or not os.path.isfile(path):
-            continue
+    for path in _local_safetensors_files(folder):
         with safe_open(path, framework="pt") as weights:
             bad = [
                 key
