@@ -58,6 +58,9 @@ RESULTS_DIR = HERE / "results"
 OWN_ROWS = {
     "arcvq": ("arcvq", {}),
     "arcvq-ema-restart": ("arcvq", {"codebook_update": "ema", "dead_code_threshold": 2.0}),
+    # The same without the ball bound: whether the ball (codes of norm <= R(t), 1.57 at step 1500) is what holds
+    # the reconstructions back once every code is in use.
+    "no-ball-ema-restart": ("no-ball", {"codebook_update": "ema", "dead_code_threshold": 2.0}),
     "vq-baseline": ("vq-baseline", {}),
 }
 ROWS = (*OWN_ROWS, *FIELD_QUANTIZERS)
