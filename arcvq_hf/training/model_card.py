@@ -176,7 +176,7 @@ On the whole `{run.eval_split}` split of `{run.dataset}`:
 PSNR / SSIM / L1 are per-image means on outputs clamped to [0, 1] (data range 1); SSIM uses an 11x11 Gaussian
 window with sigma 1.5 and population covariance (skimage's `structural_similarity(gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False, data_range=1)`). Codebook utilization and perplexity count every token of
-the evaluation split. All definitions: `arcvq_hf/metrics.py` in the arcvq-hf repository.
+the evaluation split. All definitions: `docs/method.md` §3 in the arcvq-hf repository (code: `arcvq_hf/evaluation/`).
 {perceptual_note(values)}
 ## Usage
 
@@ -195,6 +195,12 @@ with torch.no_grad():
     tokens = model.encode(pixel_values).image_tokens  # (1, H/{factor}, W/{factor}), ids in [0, {config.codebook_size})
     reconstruction = model.decode(tokens)  # (1, {config.num_channels}, H, W) in [-1, 1]
 images = processor.postprocess(reconstruction)  # list of PIL images
+
+# or in one line, tokens and reconstruction together (the pipeline travels with the weights too)
+from transformers import pipeline
+
+tokenizer = pipeline("image-tokenization", model="{model_id}", trust_remote_code=True)
+result = tokenizer("image.png")  # {{"image_tokens": (h, w) ids, "reconstruction": PIL image}}
 ```
 
 ## Training
