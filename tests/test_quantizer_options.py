@@ -134,3 +134,19 @@ def test_codes_moved_by_the_options_stay_inside_the_ball_for_evaluation():
     assert layer.codebook.norm(dim=1).max() <= 1.0 + 1e-5
     training_tokens = layer(latents)[1]
     assert torch.equal(layer.eval()(latents)[1], training_tokens)
+
+
+def test_spherical_codes_give_the_decoder_unit_vectors_and_tokens_decode_the_same():
+    torch.manual_seed(6)
+    layer = SphericalAngularMarginQuantizer(codebook_size=16, codebook_dim=4, spherical_codes=True).eval()
+    with torch.no_grad():
+        layer.embedding.weight.mul_(torch.rand(16, 1) * 5 + 0.1)  # codes of many norms
+    latents = torch.randn(2, 4, 3, 3, requires_grad=True)
+    quantized, indices, _ = layer(latents)
+    torch.testing.assert_close(quantized.norm(dim=1), torch.ones(2, 3, 3))
+    torch.testing.assert_close(layer.codes_for(indices).permute(0, 3, 1, 2), quantized)
+    plain = SphericalAngularMarginQuantizer(codebook_size=16, codebook_dim=4).eval()
+    plain.load_state_dict(layer.state_dict())
+    assert torch.equal(plain(latents)[1], indices)  # the same assignment, only what is decoded changes
+    quantized.sum().backward()
+    assert torch.isfinite(latents.grad).all() and latents.grad.abs().sum() > 0

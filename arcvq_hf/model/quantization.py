@@ -368,6 +368,7 @@ _CONFIG_FIELDS = {
     "codebook_update": "codebook_update",
     "ema_decay": "ema_decay",
     "dead_code_threshold": "dead_code_threshold",
+    "spherical_codes": "spherical_codes",
     "arc_scale": "arc_scale",
     "arc_margin": "arc_margin",
     "arc_top_k": "arc_top_k",
@@ -407,6 +408,9 @@ class SphericalAngularMarginQuantizer(nn.Module):
         ema_decay (`float`, 0.99): decay of those averages and of the code-use counts.
         dead_code_threshold (`float`, 0.0): > 0 restarts, in training, every code whose moving-average use per step
             is below it on a random latent of the batch.
+        spherical_codes (`bool`, False): the decoder receives unit vectors: the latent and its code are both
+            l2-normalised after the assignment (the codes' norms, which the assignment by angle ignores, no longer
+            reach the decoder).
         channel_first (`bool`, False): 3-D input is (B, D, N) instead of (B, N, D). 4-D input is always (B, D, H, W).
         init_codebook (`bool`, True): initialise the codebook here; `ArcVQModel` passes False because its
             `_init_weights` does it (and skips codes loaded from a checkpoint).
@@ -433,6 +437,7 @@ class SphericalAngularMarginQuantizer(nn.Module):
         codebook_update: str = "gradient",
         ema_decay: float = 0.99,
         dead_code_threshold: float = 0.0,
+        spherical_codes: bool = False,
         chunk_elements: int = 2**22,
         channel_first: bool = False,
         init_codebook: bool = True,
@@ -467,6 +472,7 @@ class SphericalAngularMarginQuantizer(nn.Module):
         self.codebook_update = codebook_update
         self.ema_decay = ema_decay
         self.dead_code_threshold = dead_code_threshold
+        self.spherical_codes = spherical_codes
         self.chunk_elements = chunk_elements
         self.channel_first = channel_first
         self.embedding = nn.Embedding(codebook_size, codebook_dim)
@@ -545,8 +551,10 @@ class SphericalAngularMarginQuantizer(nn.Module):
         return project_onto_ball_(self.embedding.weight, ball_radius_at(self.step, self.ball_growth_rate))
 
     def codes_for(self, indices: torch.Tensor) -> torch.Tensor:
-        """(...,) ids -> (..., D) raw code vectors, exactly what the decoder consumes."""
-        return self.embedding(indices)
+        """(...,) ids -> (..., D) code vectors, exactly what the decoder consumes (unit vectors with
+        `spherical_codes`, the raw codes otherwise)."""
+        codes = self.embedding(indices)
+        return F.normalize(codes, dim=-1) if self.spherical_codes else codes
 
     # ----- the forward pass --------------------------------------------------------------------------------
     def _flatten(self, latents: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -649,6 +657,10 @@ class SphericalAngularMarginQuantizer(nn.Module):
             self.apply_ball_bound()
         indices = assign_codes(flat, self.embedding.weight, self.distance, self.chunk_elements)
         codes = self.embedding(indices)
+        if self.spherical_codes:
+            # Both sides on the unit sphere: the decoder receives the code's direction, all that the assignment by
+            # angle looked at; the losses, the EMA averages and the restarts see unit vectors too.
+            flat, codes = F.normalize(flat, dim=1), F.normalize(codes, dim=1)
         flat_f32 = flat.float()
         zero = flat_f32.new_zeros(())
         vq, commitment = zero, zero

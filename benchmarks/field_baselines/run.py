@@ -61,6 +61,12 @@ OWN_ROWS = {
     # The same without the ball bound: whether the ball (codes of norm <= R(t), 1.57 at step 1500) is what holds
     # the reconstructions back once every code is in use.
     "no-ball-ema-restart": ("no-ball", {"codebook_update": "ema", "dead_code_threshold": 2.0}),
+    # ArcVQ whose decoder receives unit vectors (the latent and its code normalised after the assignment by angle),
+    # with the same EMA updates and restarts.
+    "arcvq-spherical-ema-restart": (
+        "arcvq",
+        {"spherical_codes": True, "codebook_update": "ema", "dead_code_threshold": 2.0},
+    ),
     "vq-baseline": ("vq-baseline", {}),
 }
 ROWS = (*OWN_ROWS, *FIELD_QUANTIZERS)

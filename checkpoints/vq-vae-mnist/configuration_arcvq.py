@@ -152,6 +152,8 @@ class ArcVQConfig(PretrainedConfig):
         ema_decay (`float`, 0.99): the decay of those averages and of the code-use counts below.
         dead_code_threshold (`float`, 0.0): when > 0, in training, a code whose moving-average use per step falls
             below this is restarted on a random latent of the batch (0: never).
+        spherical_codes (`bool`, False): l2-normalise the latent and its code after the assignment, so the decoder
+            receives unit vectors (the codes' norms, which the assignment by angle ignores, no longer reach it).
     Reconstruction:
         reconstruction_loss (`str`, `"mse"`): `"mse"` (divided by `data_variance`) or `"l1"`.
         data_variance (`float`, 1.0): the VQ-VAE paper's normaliser of the MSE.
@@ -217,6 +219,7 @@ class ArcVQConfig(PretrainedConfig):
         codebook_update: str = "gradient",
         ema_decay: float = 0.99,
         dead_code_threshold: float = 0.0,
+        spherical_codes: bool = False,
         reconstruction_loss: str = "mse",
         data_variance: float = 1.0,
         **kwargs: Any,
@@ -251,6 +254,7 @@ class ArcVQConfig(PretrainedConfig):
         self.codebook_update = codebook_update
         self.ema_decay = ema_decay
         self.dead_code_threshold = dead_code_threshold
+        self.spherical_codes = spherical_codes
         self.reconstruction_loss = reconstruction_loss
         self.data_variance = data_variance
         self._validate()
@@ -324,7 +328,13 @@ class ArcVQConfig(PretrainedConfig):
             or not 0 <= self.ema_decay < 1
         ):
             raise ValueError(f"ArcVQConfig.ema_decay must be a number in [0, 1), got {self.ema_decay!r}.")
-        for name in ("attention_at_lowest_resolution", "legacy_beta_placement", "use_ball_bound", "use_arc_margin"):
+        for name in (
+            "attention_at_lowest_resolution",
+            "legacy_beta_placement",
+            "use_ball_bound",
+            "use_arc_margin",
+            "spherical_codes",
+        ):
             boolean(name)
         value = self.data_variance
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
