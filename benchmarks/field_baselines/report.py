@@ -125,8 +125,41 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(results_dir: Path, output: Path) -> None:
-    """Rewrite the generated part of RESULTS.md (between the markers) and the plot from the result files."""
+def readme_table(results: list[dict[str, Any]]) -> str:
+    """The compact table README.md leads its results with: one line per row and K, best PSNR first."""
+    lines = [
+        "| quantizer | K | seeds | codes used % | perplexity | PSNR dB | SSIM | LPIPS | rFID |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, entries in sorted(summary_rows(results).items()):
+        for entry in entries:
+            runs = entry["runs"]
+            cells = [f"`{entry['row']}`", str(runs[0]["codebook_size"]), str(len(runs))]
+            for key, scale, decimals in (
+                ("codebook_utilization", 100.0, 1),
+                ("perplexity", 1.0, 0),
+                ("psnr", 1.0, 2),
+                ("ssim", 1.0, 3),
+                ("lpips", 1.0, 3),
+                ("rfid", 1.0, 0),
+            ):
+                cells.append(_cell([run[key] for run in runs if key in run], scale, decimals))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def replace_between(text: str, begin: str, end: str, generated: str) -> str:
+    """`text` with everything between the markers `begin` and `end` replaced (markers appended when absent)."""
+    if begin not in text or end not in text:
+        text = f"{text.rstrip()}\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{generated}\n{end}{tail}"
+
+
+def write_report(results_dir: Path, output: Path, readme: Path | None = None) -> None:
+    """Rewrite the generated part of RESULTS.md (between the markers), the plot, and README.md's table (between
+    its own markers) from the result files."""
     results = load_results(results_dir)
     if not results:
         raise SystemExit(f"No result files in {results_dir}; run benchmarks/field_baselines/run.py first.")
@@ -142,10 +175,9 @@ def write_report(results_dir: Path, output: Path) -> None:
             settings_table(results),
         ]
     )
-    begin, end = "<!-- generated: begin -->", "<!-- generated: end -->"
-    text = output.read_text() if output.exists() else f"{begin}\n{end}\n"
-    if begin not in text or end not in text:
-        text = f"{text.rstrip()}\n\n{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    atomic_write_text(output, f"{head}{begin}\n{generated}\n{end}{tail}")
+    text = output.read_text() if output.exists() else ""
+    atomic_write_text(output, replace_between(text, "<!-- generated: begin -->", "<!-- generated: end -->", generated))
+    if readme is not None and readme.exists():
+        table = readme_table(results)
+        marks = ("<!-- field-baselines: begin -->", "<!-- field-baselines: end -->")
+        atomic_write_text(readme, replace_between(readme.read_text(), *marks, table))

@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         from report import write_report
 
-        write_report(RESULTS_DIR, HERE / "RESULTS.md")
+        write_report(RESULTS_DIR, HERE / "RESULTS.md", HERE.parents[1] / "README.md")
         return
     if args.one:
         row, codebook_size, seed = args.one[0], int(args.one[1]), int(args.one[2])
