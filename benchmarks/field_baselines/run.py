@@ -67,6 +67,11 @@ OWN_ROWS = {
         "arcvq",
         {"spherical_codes": True, "codebook_update": "ema", "dead_code_threshold": 2.0},
     ),
+    # The same without the arc-margin loss and the ball (preset cosine-only): what the SAMP terms themselves add.
+    "cosine-spherical-ema-restart": (
+        "cosine-only",
+        {"spherical_codes": True, "codebook_update": "ema", "dead_code_threshold": 2.0},
+    ),
     "vq-baseline": ("vq-baseline", {}),
 }
 ROWS = (*OWN_ROWS, *FIELD_QUANTIZERS)
