@@ -231,7 +231,7 @@ class ArcVQModel(ArcVQPreTrainedModel):
                 "normalised pixels (ArcVQImageProcessor maps images to [-1, 1]): use processor(images).pixel_values "
                 "or (x / 255 - 0.5) / 0.5."
             )
-        return pixel_values.to(self.codebook.dtype)
+        return pixel_values.to(self.quant_conv.weight.dtype)  # not the codebook: a swapped-in quantizer may build it
 
     def _check_image_tokens(self, image_tokens: torch.Tensor, latent_shape: tuple[int, int] | None) -> torch.Tensor:
         if not isinstance(image_tokens, torch.Tensor):
