@@ -1,5 +1,6 @@
 """Options of the SAMP layer beyond the paper (docs/method.md §1.10): the arc-weight floor, EMA code updates under
-angle assignment and dead-code restarts. Each is off by default and then changes nothing."""
+angle assignment, dead-code restarts and k-means init, and the field-baseline preset built from them. Each option is
+off by default and then changes nothing."""
 
 import math
 
@@ -11,7 +12,9 @@ from arcvq_hf import ArcVQConfig, ArcVQModel
 from arcvq_hf.model.quantization import (
     SphericalAngularMarginQuantizer,
     arc_weight_at,
+    assign_codes,
     ema_update_codebook_,
+    kmeans_codebook,
     restart_dead_codes_,
 )
 
@@ -150,3 +153,144 @@ def test_spherical_codes_give_the_decoder_unit_vectors_and_tokens_decode_the_sam
     assert torch.equal(plain(latents)[1], indices)  # the same assignment, only what is decoded changes
     quantized.sum().backward()
     assert torch.isfinite(latents.grad).all() and latents.grad.abs().sum() > 0
+
+
+# ----- k-means init and the field-baseline preset -------------------------------------------------------------------
+def _lloyd_reference(latents: torch.Tensor, starts: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain float64 Lloyd iterations, one latent at a time: nearest mean by squared distance, mean of members."""
+    data = latents.double()
+    means = data[starts].clone()
+    counts = torch.zeros(len(starts), dtype=torch.float64)
+    for _ in range(iterations):
+        members = [[] for _ in range(len(starts))]
+        for row in data:
+            members[int(((means - row) ** 2).sum(dim=1).argmin())].append(row)
+        counts = torch.tensor([float(len(m)) for m in members], dtype=torch.float64)
+        means = torch.stack([torch.stack(m).mean(0) if m else means[j] for j, m in enumerate(members)])
+    return means, counts
+
+
+def test_kmeans_codebook_equals_lloyd_iterations_from_distinct_starting_latents():
+    torch.manual_seed(3)
+    latents = torch.cat([torch.randn(40, 4) + 6 * torch.randn(1, 4) for _ in range(5)])  # five blobs, 200 rows
+    torch.manual_seed(11)
+    means, counts = kmeans_codebook(latents, 7, iterations=6, max_elements=64)  # several assignment chunks
+    torch.manual_seed(11)
+    starts = torch.randperm(200)[:7]  # distinct latents when the batch holds enough
+    expected_means, expected_counts = _lloyd_reference(latents, starts, 6)
+    torch.testing.assert_close(means.double(), expected_means, rtol=1e-5, atol=1e-5)
+    assert torch.equal(counts.double(), expected_counts) and counts.sum() == 200
+
+
+def test_kmeans_codebook_with_fewer_latents_than_codes_keeps_every_code_a_latent():
+    latents = torch.randn(5, 3)
+    means, counts = kmeans_codebook(latents, 12, iterations=3)
+    assert means.shape == (12, 3) and counts.sum() == 5
+    assert all(any(torch.allclose(m, z) for z in latents) for m in means)
+
+
+def test_kmeans_init_runs_once_on_the_first_training_batch_and_never_in_eval():
+    layer = SphericalAngularMarginQuantizer(
+        codebook_size=6,
+        codebook_dim=3,
+        distance="euclidean",
+        use_ball_bound=False,
+        use_arc_margin=False,
+        codebook_update="ema",
+        dead_code_threshold=0.5,
+        kmeans_init=True,
+        kmeans_iters=4,
+    )
+    before = layer.codebook.detach().clone()
+    layer.eval()
+    layer(torch.randn(2, 10, 3))
+    assert not layer.codebook_initialized and torch.equal(layer.codebook, before)
+    layer.train()
+    batch = torch.randn(2, 30, 3)
+    torch.manual_seed(5)
+    layer(batch)
+    torch.manual_seed(5)
+    means, counts = kmeans_codebook(batch.reshape(-1, 3), 6, iterations=4, distance="euclidean")
+    # The batch was then quantized with those means and folded into the EMA averages as usual.
+    usage, sums, codebook = counts.clone(), means * counts.unsqueeze(1), means.clone()
+    ema_update_codebook_(
+        codebook, usage, sums, batch.reshape(-1, 3), assign_codes(batch.reshape(-1, 3), means, "euclidean"), 0.99
+    )
+    assert layer.codebook_initialized
+    torch.testing.assert_close(layer.codebook, codebook)
+    torch.testing.assert_close(layer.code_usage, usage)
+    after_first = layer.codebook.detach().clone()
+    layer(torch.randn(2, 30, 3) + 100.0)  # far away: k-means again would move every code there
+    assert (layer.codebook - after_first).abs().max() < 10.0
+
+
+def test_field_baseline_preset_saves_its_initialised_codebook_and_reloads_without_reinit(tmp_path):
+    config = ArcVQConfig.from_preset(
+        "ema-kmeans-restart", codebook_size=16, codebook_dim=8, hidden_size=16, residual_hidden_size=8
+    )
+    assert (config.distance, config.codebook_update, config.kmeans_init, config.use_arc_margin) == (
+        "euclidean",
+        "ema",
+        True,
+        False,
+    )
+    torch.manual_seed(0)
+    model = ArcVQModel(config).train()
+    model(torch.rand(2, 3, 16, 16) * 2 - 1)
+    assert model.quantizer.codebook_initialized
+    model.save_pretrained(tmp_path)
+    loaded = ArcVQModel.from_pretrained(tmp_path)
+    assert loaded.quantizer.codebook_initialized
+    assert torch.equal(loaded.quantizer.codebook, model.quantizer.codebook)
+    loaded.train()(torch.rand(2, 3, 16, 16) * 2 - 1)  # resumed training: EMA moves the codes a little, no k-means
+    assert (loaded.quantizer.codebook - model.quantizer.codebook).abs().max() < 1.0
+
+
+def test_field_baseline_tokenizes_like_vector_quantize_pytorch_on_the_same_codebook():
+    """The shipped baseline needs no vector-quantize-pytorch at inference: on the library layer's own codebook
+    (trained a few steps by the library), the preset's layer gives the same indices and the same quantized vectors."""
+    vqp = pytest.importorskip("vector_quantize_pytorch")
+    torch.manual_seed(0)
+    library = vqp.VectorQuantize(
+        dim=8,
+        codebook_size=32,
+        decay=0.99,
+        kmeans_init=True,
+        kmeans_iters=10,
+        threshold_ema_dead_code=2,
+        commitment_weight=1.0,
+        rotation_trick=False,
+        accept_image_fmap=True,
+        sync_codebook=False,
+    )
+    library.train()
+    for _ in range(5):
+        library(torch.randn(4, 8, 6, 6))
+    library.eval()
+    ours = SphericalAngularMarginQuantizer(
+        32,
+        8,
+        **{
+            k: v
+            for k, v in ArcVQConfig.from_preset("ema-kmeans-restart").to_dict().items()
+            if k
+            in (
+                "distance",
+                "use_ball_bound",
+                "use_arc_margin",
+                "codebook_update",
+                "ema_decay",
+                "dead_code_threshold",
+                "kmeans_init",
+                "commitment_cost",
+            )
+        },
+    ).eval()
+    with torch.no_grad():
+        ours.embedding.weight.copy_(library.codebook)  # (K, D)
+    images = torch.randn(3, 8, 7, 5) * 2
+    with torch.no_grad():
+        library_quantized, library_indices, _ = library(images)
+        quantized, indices, _ = ours(images)
+    assert torch.equal(indices, library_indices)
+    torch.testing.assert_close(quantized, library_quantized, rtol=0, atol=1e-6)

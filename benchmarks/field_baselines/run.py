@@ -72,6 +72,27 @@ OWN_ROWS = {
         {"spherical_codes": True, "codebook_update": "ema", "dead_code_threshold": 2.0},
     ),
     "vq-baseline": ("vq-baseline", {}),
+    # The field's EMA + k-means + restart remedy as the project's own preset (no library): what ships as the baseline
+    # tokenizer must train like the library's `ema-kmeans-restart` row.
+    "ema-kmeans-restart-preset": ("ema-kmeans-restart", {}),
+    # Whether the arc loss helps once the codebook is kept alive: the spherical EMA quantizer with k-means init, with
+    # a small constant arc weight (gamma_t = 0.05 at every step) and without the arc loss (and without the ball,
+    # which bounds nothing on unit codes).
+    "arcvq-light-spherical-ema-kmeans": (
+        "arcvq",
+        {
+            "spherical_codes": True,
+            "codebook_update": "ema",
+            "dead_code_threshold": 2.0,
+            "kmeans_init": True,
+            "arc_weight": 0.05,
+            "arc_weight_decay": 0.0,
+        },
+    ),
+    "cosine-spherical-ema-kmeans": (
+        "cosine-only",
+        {"spherical_codes": True, "codebook_update": "ema", "dead_code_threshold": 2.0, "kmeans_init": True},
+    ),
 }
 ROWS = (*OWN_ROWS, *FIELD_QUANTIZERS)
 DEFAULT_SIZES = (512, 8192)
@@ -124,7 +145,18 @@ def build_model(row: str, codebook_size: int, data_variance: float) -> tuple[Arc
         config = ArcVQConfig.from_preset(
             preset, num_channels=3, codebook_size=codebook_size, data_variance=data_variance, **overrides
         )
-        keys = ("distance", "use_ball_bound", "use_arc_margin", "arc_weight", "arc_weight_decay", "ball_growth_rate")
+        keys = (
+            "distance",
+            "use_ball_bound",
+            "use_arc_margin",
+            "arc_weight",
+            "arc_weight_decay",
+            "ball_growth_rate",
+            "codebook_update",
+            "dead_code_threshold",
+            "kmeans_init",
+            "commitment_cost",
+        )
         settings = {"preset": preset, **{key: getattr(config, key) for key in keys}, **overrides}
         return ArcVQModel(config), {"library": "arcvq_hf", **settings}
     adapter = build_field_quantizer(row, codebook_size, 64)

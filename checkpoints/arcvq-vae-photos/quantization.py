@@ -10,6 +10,7 @@ Every numbered step of docs/method.md §1 has one named function here:
   1.4 `ball_radius_at`, `project_onto_ball_`   BBNR, applied by the layer before training forwards
   1.5 `arc_margin_loss`         additive angular-margin loss, chunked, gradient accumulated in the forward pass
       `arc_weight_at`           gamma_t = gamma0 * exp(-lambda * t)
+Options beyond the paper (docs/method.md §1.10): `ema_update_codebook_`, `restart_dead_codes_`, `kmeans_codebook`.
 """
 
 from __future__ import annotations
@@ -143,6 +144,46 @@ def restart_dead_codes_(
     if code_sum is not None:
         code_sum[dead] = codebook[dead].to(code_sum.dtype) * code_usage[dead].unsqueeze(1)
     return dead
+
+
+@torch.no_grad()
+def kmeans_codebook(
+    latents: torch.Tensor,
+    num_codes: int,
+    iterations: int = 10,
+    distance: str = "euclidean",
+    max_elements: int = 2**22,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means of one batch of latents (docs/method.md §1.10): the data-dependent codebook init of EMA quantizers.
+
+    Starts from `num_codes` distinct latents (drawn with replacement only when the batch holds fewer), then
+    `iterations` rounds of: assign every latent to its nearest mean (`assign_codes` with `distance`), move each mean
+    to the average of its latents (l2-normalised under "cosine"); a mean that won no latent stays where it was.
+
+    Args:
+        latents: (N, D) float32 latents.
+    Returns:
+        means (K, D) float32, and counts (K,) float32: how many latents each mean held in the last round.
+    """
+    latents = latents.detach().float()
+    if distance == "cosine":
+        latents = F.normalize(latents, dim=1)
+    num_latents = latents.shape[0]
+    if num_latents >= num_codes:
+        starts = torch.randperm(num_latents, device=latents.device)[:num_codes]
+    else:
+        starts = torch.randint(0, num_latents, (num_codes,), device=latents.device)
+    means = latents[starts].clone()
+    counts = torch.zeros(num_codes, device=latents.device)
+    for _ in range(iterations):
+        nearest = assign_codes(latents, means, distance, max_elements)
+        counts = torch.bincount(nearest, minlength=num_codes).float()
+        sums = torch.zeros_like(means).index_add_(0, nearest, latents)
+        moved = sums / counts.clamp_min(1.0).unsqueeze(1)
+        if distance == "cosine":
+            moved = F.normalize(moved, dim=1)
+        means = torch.where((counts > 0).unsqueeze(1), moved, means)
+    return means, counts
 
 
 def _rows_per_chunk(columns: int, max_elements: int) -> int:
@@ -369,6 +410,8 @@ _CONFIG_FIELDS = {
     "ema_decay": "ema_decay",
     "dead_code_threshold": "dead_code_threshold",
     "spherical_codes": "spherical_codes",
+    "kmeans_init": "kmeans_init",
+    "kmeans_iters": "kmeans_iters",
     "arc_scale": "arc_scale",
     "arc_margin": "arc_margin",
     "arc_top_k": "arc_top_k",
@@ -411,6 +454,10 @@ class SphericalAngularMarginQuantizer(nn.Module):
         spherical_codes (`bool`, False): the decoder receives unit vectors: the latent and its code are both
             l2-normalised after the assignment (the codes' norms, which the assignment by angle ignores, no longer
             reach the decoder).
+        kmeans_init (`bool`, False) / kmeans_iters (`int`, 10): the first training forward replaces the codebook
+            with the k-means means of its batch of latents (unit latents with `spherical_codes`), and the code-use
+            counts with the cluster sizes. The persistent buffer `codebook_initialized` records that it happened,
+            so a loaded or resumed model is never re-initialised.
         channel_first (`bool`, False): 3-D input is (B, D, N) instead of (B, N, D). 4-D input is always (B, D, H, W).
         init_codebook (`bool`, True): initialise the codebook here; `ArcVQModel` passes False because its
             `_init_weights` does it (and skips codes loaded from a checkpoint).
@@ -438,6 +485,8 @@ class SphericalAngularMarginQuantizer(nn.Module):
         ema_decay: float = 0.99,
         dead_code_threshold: float = 0.0,
         spherical_codes: bool = False,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
         chunk_elements: int = 2**22,
         channel_first: bool = False,
         init_codebook: bool = True,
@@ -451,7 +500,13 @@ class SphericalAngularMarginQuantizer(nn.Module):
             raise ValueError(f"codebook_update must be 'gradient' or 'ema', got {codebook_update!r}.")
         if not 0 <= ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}.")
-        for name, value in (("codebook_size", codebook_size), ("codebook_dim", codebook_dim), ("arc_top_k", arc_top_k)):
+        named_integers = (
+            ("codebook_size", codebook_size),
+            ("codebook_dim", codebook_dim),
+            ("arc_top_k", arc_top_k),
+            ("kmeans_iters", kmeans_iters),
+        )
+        for name, value in named_integers:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         self.codebook_size = codebook_size
@@ -473,6 +528,8 @@ class SphericalAngularMarginQuantizer(nn.Module):
         self.ema_decay = ema_decay
         self.dead_code_threshold = dead_code_threshold
         self.spherical_codes = spherical_codes
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
         self.chunk_elements = chunk_elements
         self.channel_first = channel_first
         self.embedding = nn.Embedding(codebook_size, codebook_dim)
@@ -484,6 +541,8 @@ class SphericalAngularMarginQuantizer(nn.Module):
             self.register_buffer("code_usage", torch.ones(codebook_size), persistent=True)
         if codebook_update == "ema":
             self.register_buffer("code_sum", torch.zeros(codebook_size, codebook_dim), persistent=True)
+        if kmeans_init:
+            self.register_buffer("codebook_initialized", torch.zeros((), dtype=torch.bool), persistent=True)
         if init_codebook:
             init_codebook_(self.embedding.weight, codebook_init)
             self.reset_code_statistics()
@@ -501,7 +560,10 @@ class SphericalAngularMarginQuantizer(nn.Module):
 
     @torch.no_grad()
     def reset_code_statistics(self) -> None:
-        """Code-use counts of 1 (every code starts as if it had one latent: itself) and sums equal to the codes."""
+        """Code-use counts of 1 (every code starts as if it had one latent: itself), sums equal to the codes, and
+        with `kmeans_init` a codebook that the next training forward initialises."""
+        if self.kmeans_init:
+            self.codebook_initialized.fill_(False)
         if self.tracks_code_usage:
             self.code_usage.fill_(1.0)
         if self.codebook_update == "ema":
@@ -614,6 +676,18 @@ class SphericalAngularMarginQuantizer(nn.Module):
         return flat, restore
 
     @torch.no_grad()
+    def _kmeans_init_codebook(self, latents: torch.Tensor) -> None:
+        """The `kmeans_init` option: codebook <- k-means means of this batch, code use <- the cluster sizes."""
+        rows = F.normalize(latents.float(), dim=1) if self.spherical_codes else latents.float()
+        means, counts = kmeans_codebook(rows, self.codebook_size, self.kmeans_iters, self.distance, self.chunk_elements)
+        self.embedding.weight.copy_(means.to(self.embedding.weight.dtype))
+        if self.tracks_code_usage:
+            self.code_usage.copy_(counts)
+        if self.codebook_update == "ema":
+            self.code_sum.copy_(means * counts.unsqueeze(1))
+        self.codebook_initialized.fill_(True)
+
+    @torch.no_grad()
     def _update_codebook(self, latents: torch.Tensor, indices: torch.Tensor) -> None:
         """The training-time codebook updates of the options (after the codes were looked up, so this step's
         outputs used the codes as they were): EMA averages, then dead-code restarts."""
@@ -653,6 +727,8 @@ class SphericalAngularMarginQuantizer(nn.Module):
             return_loss_breakdown: also return the loss parts and the schedules as `QuantizerLosses`.
         """
         flat, restore = self._flatten(latents)
+        if self.training and self.kmeans_init and not self.codebook_initialized:
+            self._kmeans_init_codebook(flat)
         if self.training and self.use_ball_bound:
             self.apply_ball_bound()
         indices = assign_codes(flat, self.embedding.weight, self.distance, self.chunk_elements)
@@ -691,6 +767,7 @@ class SphericalAngularMarginQuantizer(nn.Module):
 __all__ = [
     "QuantizerLosses",
     "ema_update_codebook_",
+    "kmeans_codebook",
     "restart_dead_codes_",
     "SphericalAngularMarginQuantizer",
     "arc_margin_loss",

@@ -154,6 +154,9 @@ class ArcVQConfig(PretrainedConfig):
             below this is restarted on a random latent of the batch (0: never).
         spherical_codes (`bool`, False): l2-normalise the latent and its code after the assignment, so the decoder
             receives unit vectors (the codes' norms, which the assignment by angle ignores, no longer reach it).
+        kmeans_init (`bool`, False) / kmeans_iters (`int`, 10): the first training forward sets the codebook to
+            the k-means means (`kmeans_iters` rounds) of its batch of latents; a saved model records that it
+            happened and is never re-initialised.
     Reconstruction:
         reconstruction_loss (`str`, `"mse"`): `"mse"` (divided by `data_variance`) or `"l1"`.
         data_variance (`float`, 1.0): the VQ-VAE paper's normaliser of the MSE.
@@ -220,6 +223,8 @@ class ArcVQConfig(PretrainedConfig):
         ema_decay: float = 0.99,
         dead_code_threshold: float = 0.0,
         spherical_codes: bool = False,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
         reconstruction_loss: str = "mse",
         data_variance: float = 1.0,
         **kwargs: Any,
@@ -255,6 +260,8 @@ class ArcVQConfig(PretrainedConfig):
         self.ema_decay = ema_decay
         self.dead_code_threshold = dead_code_threshold
         self.spherical_codes = spherical_codes
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
         self.reconstruction_loss = reconstruction_loss
         self.data_variance = data_variance
         self._validate()
@@ -308,6 +315,7 @@ class ArcVQConfig(PretrainedConfig):
             "codebook_dim",
             "arc_top_k",
             "quantizer_chunk_elements",
+            "kmeans_iters",
         ):
             positive_int(name)
         for name in (
@@ -334,6 +342,7 @@ class ArcVQConfig(PretrainedConfig):
             "use_ball_bound",
             "use_arc_margin",
             "spherical_codes",
+            "kmeans_init",
         ):
             boolean(name)
         value = self.data_variance
@@ -357,8 +366,8 @@ class ArcVQConfig(PretrainedConfig):
     # ----- presets -------------------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, preset: str, variant: str = "vqvae", **overrides: Any) -> ArcVQConfig:
-        """One of `PRESETS` (`arcvq`, `arcvq-authors`, `vq-baseline`, `cosine-only`, `no-ball`, `no-arc`) on the
-        `vqvae` or `vqgan` variant; keyword overrides win."""
+        """One of `PRESETS` (`arcvq`, `arcvq-authors`, `vq-baseline`, `cosine-only`, `no-ball`, `no-arc`, and the
+        field baseline `ema-kmeans-restart`) on the `vqvae` or `vqgan` variant; keyword overrides win."""
         if preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
         if variant not in BACKBONES:
@@ -408,6 +417,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "codebook_init": "uniform_scaled",
         "use_ball_bound": False,
         "use_arc_margin": False,
+    },
+    # Not ArcVQ: the field's standard remedy for codebook collapse (docs/method.md §1.10), the quantizer a tokenizer
+    # builder would pick instead, as a preset of the same layer: nearest code by Euclidean distance, codes that are
+    # EMA averages (decay 0.99) of their latents, k-means init on the first batch (10 rounds), restart of codes used
+    # less than twice per step (moving average), commitment weight 1. The settings of vector-quantize-pytorch's
+    # `VectorQuantize(decay=0.99, kmeans_init=True, threshold_ema_dead_code=2)`; tokenizing needs none of it.
+    "ema-kmeans-restart": {
+        "distance": "euclidean",
+        "codebook_init": "uniform_scaled",
+        "use_ball_bound": False,
+        "use_arc_margin": False,
+        "codebook_update": "ema",
+        "ema_decay": 0.99,
+        "dead_code_threshold": 2.0,
+        "kmeans_init": True,
+        "kmeans_iters": 10,
+        "commitment_cost": 1.0,
     },
 }
 
