@@ -146,7 +146,7 @@ class DataArguments:
     random_crop_size: int | None = field(
         default=None,
         metadata={
-            "help": "Train on random resized crops of this side (area 5-100 %, aspect 3/4-4/3, flips; "
+            "help": "Train on random resized crops of this side (area 5-100 %%, aspect 3/4-4/3, flips; "
             "arcvq_hf.data.RandomCropDataset) and evaluate on the fixed multi-scale crops of photo_eval_dataset; "
             "for sets of whole photos. Default: 32 for --dataset photos, off otherwise."
         },

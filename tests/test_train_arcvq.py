@@ -274,3 +274,13 @@ def test_random_crop_training_on_whole_photos_evaluates_on_the_fixed_crops(examp
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert ArcVQImageProcessor.from_pretrained(output_dir).num_channels == 3
+
+
+def test_help_lists_every_option_and_preset():
+    """`--help` is the first thing a user runs: every help text must format (a bare % once crashed argparse)."""
+    completed = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "train_arcvq.py"), "--help"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "--random_crop_size" in completed.stdout and "ema-kmeans-restart" in completed.stdout
