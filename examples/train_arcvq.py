@@ -117,8 +117,9 @@ class ModelArguments:
     channels_last: bool = field(
         default=False,
         metadata={
-            "help": "channels_last weights: with --bf16 true (autocast) the fastest CPU training step here (about "
-            "0.6x float32, benchmarks/speed.json); code assignment and the arc loss stay float32."
+            "help": "channels_last weights: with --bf16 true (autocast) the fastest CPU step on CPUs with bf16 "
+            "instructions (about 0.6x float32 there; 8-13x slower without them, benchmarks/speed.json); code "
+            "assignment and the arc loss stay float32."
         },
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Needed for hub ids without arcvq_hf."})
