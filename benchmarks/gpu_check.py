@@ -15,7 +15,8 @@ timed step is a full step. Adam betas (0.5, 0.9) at 4.5e-6 x batch size, as the 
 and written to `--output`):
 - `images_per_second` and `step_ms` over the steps after `--warmup`, uninstrumented;
 - `peak_memory_gib`: `torch.cuda.max_memory_allocated` over those steps (and the reserved peak);
-- `arc_loss_share`: the arc-margin loss's forward time (its backward only rescales a gradient built in the forward,
+- `arc_loss_share`: the arc-margin loss's forward time (with the assignment by angle that the layer takes from the same
+  cosines; its backward only rescales a gradient built in the forward,
   docs/method.md §1.5) over the step time, from `--arc_steps` further steps in which the arc loss is timed with
   CUDA synchronisation around it (so those steps are a little slower than the uninstrumented ones);
 - `token_agreement`: the trained model's tokens of `--agreement_images` held-out images on the GPU (float32, and
@@ -38,7 +39,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,35 +114,44 @@ def held_out_images(data: str | None, resolution: int, count: int, processor: Ar
 
 
 class ArcLossTimer:
-    """Times `quantization.arc_margin_loss` (wall clock, device-synchronised) while `active`."""
+    """Times the arc loss (wall clock, device-synchronised) while `active`: every call of
+    `quantization.arc_margin_loss` and of `quantization.assign_codes_and_arc_margin_loss` (the layer's training path
+    when it assigns by angle, which also takes the assignment's argmax from the same cosines)."""
+
+    TIMED = ("arc_margin_loss", "assign_codes_and_arc_margin_loss")
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.seconds, self.calls, self.active = device, 0.0, 0, False
-        self.original = quantization.arc_margin_loss
+        self.originals = {name: getattr(quantization, name) for name in self.TIMED}
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if not self.active:
-            return self.original(*args, **kwargs)
-        self._synchronize()
-        start = time.perf_counter()
-        loss = self.original(*args, **kwargs)
-        self._synchronize()
-        self.seconds += time.perf_counter() - start
-        self.calls += 1
-        return loss
+    def _timed(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not self.active:
+                return function(*args, **kwargs)
+            self._synchronize()
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            self._synchronize()
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+            return result
+
+        return call
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[ArcLossTimer]:
-        # The quantizer calls the module-level function by name, so replacing it there reaches every call.
-        quantization.arc_margin_loss = self
+        # The quantizer calls the module-level functions by name, so replacing them there reaches every call.
+        for name, function in self.originals.items():
+            setattr(quantization, name, self._timed(function))
         try:
             yield self
         finally:
-            quantization.arc_margin_loss = self.original
+            for name, function in self.originals.items():
+                setattr(quantization, name, function)
 
 
 def run_check(

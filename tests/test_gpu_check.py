@@ -32,7 +32,8 @@ def test_dry_run_records_speed_memory_arc_share_and_token_agreement(tmp_path) ->
     # CPU against CPU in float32: the same tokens.
     assert record["token_agreement"] == 1.0 and record["agreement_tokens"] == 2 * 16 * 16
     assert math.isfinite(record["token_agreement_bf16_autocast"])
-    assert gpu_check.quantization.arc_margin_loss is gpu_check.ArcLossTimer(torch.device("cpu")).original  # restored
+    originals = gpu_check.ArcLossTimer(torch.device("cpu")).originals
+    assert all(getattr(gpu_check.quantization, name) is function for name, function in originals.items())  # restored
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where there is no GPU")
