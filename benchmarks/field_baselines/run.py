@@ -93,6 +93,31 @@ OWN_ROWS = {
         "cosine-only",
         {"spherical_codes": True, "codebook_update": "ema", "dead_code_threshold": 2.0, "kmeans_init": True},
     ),
+    # The same two on 8-dim codes (the library's `cosine-lowdim` remedy, LlamaGen / ViT-VQGAN style): the backbone's
+    # 1x1 quant conv projects to codebook_dim = 8 and the decoder's first conv reads 8 channels. Whether the arc loss
+    # costs reconstruction there too, where the field's cosine codes work best.
+    "arcvq-light-lowdim-spherical-ema-kmeans": (
+        "arcvq",
+        {
+            "codebook_dim": 8,
+            "spherical_codes": True,
+            "codebook_update": "ema",
+            "dead_code_threshold": 2.0,
+            "kmeans_init": True,
+            "arc_weight": 0.05,
+            "arc_weight_decay": 0.0,
+        },
+    ),
+    "cosine-lowdim-spherical-ema-kmeans": (
+        "cosine-only",
+        {
+            "codebook_dim": 8,
+            "spherical_codes": True,
+            "codebook_update": "ema",
+            "dead_code_threshold": 2.0,
+            "kmeans_init": True,
+        },
+    ),
 }
 ROWS = (*OWN_ROWS, *FIELD_QUANTIZERS)
 DEFAULT_SIZES = (512, 8192)
