@@ -79,10 +79,15 @@ def markdown_tables(results: list[dict[str, Any]]) -> str:
 
 
 def per_seed_table(results: list[dict[str, Any]]) -> str:
-    lines = ["| row | K | seed | utilization % | perplexity | PSNR dB | SSIM | LPIPS | rFID |", "|" + "---|" * 9]
+    # The training loss (MSE / data variance on training crops, last 3 logged values) is what configurations are
+    # chosen by; runs recorded before it was written show a dash.
+    header = "| row | K | seed | train loss | utilization % | perplexity | PSNR dB | SSIM | LPIPS | rFID |"
+    lines = [header, "|" + "---|" * 10]
     for result in sorted(results, key=lambda r: (r["requested_codebook_size"], r["row"], r["seed"])):
+        train_loss = result.get("train_reconstruction_loss")
         lines.append(
             f"| `{result['row']}` | {result['codebook_size']} | {result['seed']} | "
+            f"{'-' if train_loss is None else f'{train_loss:.4f}'} | "
             f"{100 * result['codebook_utilization']:.1f} | {result['perplexity']:.1f} | {result['psnr']:.2f} | "
             f"{result['ssim']:.3f} | {result.get('lpips', float('nan')):.3f} | {result.get('rfid', float('nan')):.1f} |"
         )

@@ -262,6 +262,7 @@ def run_one(row: str, codebook_size: int, seed: int, args: argparse.Namespace) -
         "tokens_per_code": num_tokens / model.config.codebook_size,
         "seconds_per_step": train_output.metrics["train_runtime"] / args.steps,
         "threads": args.threads,
+        "train_reconstruction_loss": training_reconstruction_loss(trainer.state.log_history),
         **{key: value for key, value in metrics.items() if isinstance(value, int | float)},
     }
     if args.perceptual_images > 0:
@@ -275,6 +276,15 @@ def run_one(row: str, codebook_size: int, seed: int, args: argparse.Namespace) -
     record["load_average"] = os.getloadavg()[0]
     record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return record
+
+
+def training_reconstruction_loss(log_history: list[dict[str, Any]], last: int = 3) -> float:
+    """Mean of the last `last` logged training reconstruction losses (MSE / data variance on crops of the training
+    photos): the number that chooses between configurations, since the held-out photos only report them."""
+    values = [float(entry["reconstruction_loss"]) for entry in log_history if "reconstruction_loss" in entry]
+    if not values:
+        raise ValueError("The training log holds no reconstruction_loss: was logging switched off?")
+    return float(sum(values[-last:]) / len(values[-last:]))
 
 
 def cached_reference_features(subset: Any, processor: Any, args: argparse.Namespace, batches: Any) -> torch.Tensor:
