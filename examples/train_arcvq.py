@@ -27,7 +27,8 @@ Examples (all offline):
 
 Options: `--dataset` (mnist-5k | skimage-photos | photos, the photo corpus that examples/build_photo_corpus.py builds |
 save_to_disk folder | image folder | hub id), `--variant vqvae|vqgan`,
-`--preset arcvq|vq-baseline|cosine-only|no-ball|no-arc`, `--model_name_or_path`, `--perceptual_metrics` (LPIPS and
+`--preset` (any of arcvq_hf.PRESETS: arcvq, arcvq-lowdim, ema-kmeans-restart, vq-baseline, ...),
+`--model_name_or_path`, `--perceptual_metrics` (LPIPS and
 rFID in the evaluation; weights from `python -m arcvq_hf.evaluation.perceptual fetch`), the VQGAN recipe's `--disc_*` /
 `--perceptual_weight` (arcvq_hf.training.gan.GANSettings; its LPIPS-VGG loss needs the same weights), every
 TrainingArguments flag; `python examples/train_arcvq.py --help`
