@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import VQModel
 
 from arcvq_hf import ArcVQConfig, ArcVQModel
@@ -50,6 +51,32 @@ def _assert_same_functions(model: ArcVQModel, vq_model: VQModel) -> None:
         random_tokens = torch.randint(0, 32, tokens.shape, generator=torch.Generator().manual_seed(2))
         decoded = vq_model.decode(random_tokens.flatten(), force_not_quantize=True, shape=shape).sample
         torch.testing.assert_close(decoded, model.decode(random_tokens), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["arcvq-lowdim", "ema-kmeans-restart"])
+def test_models_trained_with_the_codebook_options_export_the_codes_their_decoder_reads(preset):
+    """EMA / restart / k-means models carry training-only buffers, and `spherical_codes` models decode unit vectors:
+    the export drops the buffers and writes the decoded codes, so decoding ids still matches exactly."""
+    config = ArcVQConfig.from_preset(
+        preset,
+        variant="vqgan",
+        base_channels=32,
+        channel_multipliers=[1, 2],
+        norm_num_groups=8,
+        latent_channels=8,
+        layers_per_block=1,
+        codebook_size=32,
+        codebook_dim=4,
+    )
+    torch.manual_seed(0)
+    model = ArcVQModel(config).train()
+    model(_pixels())  # one training forward: k-means init, EMA update, restarts
+    model.eval()
+    assert {"quantizer.code_usage", "quantizer.codebook_initialized"} <= set(model.state_dict())
+    vq_model = to_diffusers(model)
+    expected = F.normalize(model.codebook, dim=1) if config.spherical_codes else model.codebook
+    torch.testing.assert_close(vq_model.quantize.embedding.weight, expected, atol=0, rtol=0)
+    _assert_same_functions(model, vq_model)
 
 
 @pytest.mark.parametrize("attention", [True, False])

@@ -1,9 +1,10 @@
 """Export a VQGAN-backbone ArcVQModel as a `diffusers.VQModel`.
 
 The vqgan backbone is built from diffusers' own Encoder / Decoder blocks, so the export is a config translation
-plus one key rename (`quantizer.embedding.weight` -> `quantize.embedding.weight`; the training-step buffer
-`quantizer.step` is dropped). The VQModel gets `lookup_from_codebook=True` and holds the exact code vectors our
-decoder consumes, so
+plus the codebook: `quantize.embedding.weight` holds the exact code vectors our decoder consumes (the raw codes, or
+their unit vectors for a model trained with `spherical_codes`); the quantizer's buffers (schedule step, code-use
+statistics of the EMA / restart / k-means options) are training state and are dropped. The VQModel gets
+`lookup_from_codebook=True`, so
 
     vq_model.decode(image_tokens, force_not_quantize=True, shape=(B, h, w, D)).sample == model.decode(image_tokens)
     vq_model.encode(pixel_values).latents == model.encode(pixel_values).latents      (pre-quantization latents)
@@ -37,9 +38,11 @@ from arcvq_hf.model.backbones_arcvq import vqgan_block_types
 from arcvq_hf.model.modeling_arcvq import ArcVQModel
 from arcvq_hf.utils.io_utils import atomic_output_dir
 
-# Our key -> VQModel key; everything else keeps its name (encoder.*, decoder.*, quant_conv.*, post_quant_conv.*).
-_RENAMED_KEYS = {"quantizer.embedding.weight": "quantize.embedding.weight"}
-_DROPPED_KEYS = frozenset({"quantizer.step"})
+# Everything outside the quantizer keeps its name (encoder.*, decoder.*, quant_conv.*, post_quant_conv.*). Of the
+# quantizer only the codes travel, as `quantize.embedding.weight`; its buffers (the schedule step, and the EMA /
+# restart / k-means options' code-use counts, code sums and init flag) are training state with no VQModel place.
+_CODEBOOK_KEY = "quantize.embedding.weight"
+_QUANTIZER_PREFIX = "quantizer."
 
 
 def diffusers_vq_config(config: Any) -> dict[str, Any]:
@@ -76,9 +79,11 @@ def to_diffusers(model: torch.nn.Module) -> VQModel:
     (VQModel's own quantizer assigns by Euclidean distance, ArcVQ by angle).
     """
     vq_model = VQModel(**diffusers_vq_config(model.config))
-    state_dict = {
-        _RENAMED_KEYS.get(key, key): value for key, value in model.state_dict().items() if key not in _DROPPED_KEYS
-    }
+    state_dict = {key: value for key, value in model.state_dict().items() if not key.startswith(_QUANTIZER_PREFIX)}
+    # What our decoder consumes for each id: the raw codes, or their unit vectors with `spherical_codes`.
+    with torch.no_grad():
+        codebook = model.quantizer.codes_for(torch.arange(model.config.codebook_size, device=model.codebook.device))
+    state_dict[_CODEBOOK_KEY] = codebook.detach().clone()
     vq_model.load_state_dict(state_dict, strict=True)
     parameter = next(model.parameters())
     vq_model.to(parameter.device)
