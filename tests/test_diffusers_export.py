@@ -13,9 +13,9 @@ from arcvq_hf import ArcVQConfig, ArcVQModel
 from arcvq_hf.interop.diffusers_export import export_folder, main, to_diffusers
 
 
-def tiny_vqgan(attention: bool) -> ArcVQModel:
-    config = ArcVQConfig.from_preset(
-        "arcvq",
+def tiny_vqgan_config(preset: str = "arcvq", attention: bool = True) -> ArcVQConfig:
+    return ArcVQConfig.from_preset(
+        preset,
         variant="vqgan",
         base_channels=32,
         channel_multipliers=[1, 2],
@@ -26,6 +26,10 @@ def tiny_vqgan(attention: bool) -> ArcVQModel:
         codebook_size=32,
         codebook_dim=4,
     )
+
+
+def tiny_vqgan(attention: bool) -> ArcVQModel:
+    config = tiny_vqgan_config(attention=attention)
     torch.manual_seed(0)
     model = ArcVQModel(config).eval()
     with torch.no_grad():
@@ -57,17 +61,7 @@ def _assert_same_functions(model: ArcVQModel, vq_model: VQModel) -> None:
 def test_models_trained_with_the_codebook_options_export_the_codes_their_decoder_reads(preset):
     """EMA / restart / k-means models carry training-only buffers, and `spherical_codes` models decode unit vectors:
     the export drops the buffers and writes the decoded codes, so decoding ids still matches exactly."""
-    config = ArcVQConfig.from_preset(
-        preset,
-        variant="vqgan",
-        base_channels=32,
-        channel_multipliers=[1, 2],
-        norm_num_groups=8,
-        latent_channels=8,
-        layers_per_block=1,
-        codebook_size=32,
-        codebook_dim=4,
-    )
+    config = tiny_vqgan_config(preset)
     torch.manual_seed(0)
     model = ArcVQModel(config).train()
     model(_pixels())  # one training forward: k-means init, EMA update, restarts
