@@ -366,8 +366,9 @@ class ArcVQConfig(PretrainedConfig):
     # ----- presets -------------------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, preset: str, variant: str = "vqvae", **overrides: Any) -> ArcVQConfig:
-        """One of `PRESETS` (`arcvq`, `arcvq-authors`, `vq-baseline`, `cosine-only`, `no-ball`, `no-arc`, and the
-        field baseline `ema-kmeans-restart`) on the `vqvae` or `vqgan` variant; keyword overrides win."""
+        """One of `PRESETS` (`arcvq`, `arcvq-authors`, `arcvq-spherical-ema`, `arcvq-lowdim`, `vq-baseline`,
+        `cosine-only`, `no-ball`, `no-arc`, and the field baseline `ema-kmeans-restart`) on the `vqvae` or `vqgan`
+        variant; keyword overrides win."""
         if preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
         if variant not in BACKBONES:
@@ -417,6 +418,43 @@ PRESETS: dict[str, dict[str, Any]] = {
         "codebook_init": "uniform_scaled",
         "use_ball_bound": False,
         "use_arc_margin": False,
+    },
+    # ArcVQ kept alive on photos (benchmarks/field_baselines, row arcvq-light-spherical-ema-kmeans): angle assignment
+    # and the arc-margin loss at a small constant weight (gamma_t = 0.05: the paper's 1.5 decaying cost 6 dB of PSNR on
+    # photos), unit codes, EMA codes with k-means init and restarts (the ball bounds nothing on unit codes).
+    "arcvq-spherical-ema": {
+        "distance": "cosine",
+        "codebook_init": "uniform_normalized",
+        "use_ball_bound": True,
+        "use_arc_margin": True,
+        "arc_weight": 0.05,
+        "arc_weight_decay": 0.0,
+        "spherical_codes": True,
+        "codebook_update": "ema",
+        "ema_decay": 0.99,
+        "dead_code_threshold": 2.0,
+        "kmeans_init": True,
+        "kmeans_iters": 10,
+    },
+    # ArcVQ on the field's low-dimensional cosine codes (benchmarks/field_baselines, row
+    # arcvq-lowdim-spherical-ema-kmeans-g0.002): 8-dim unit codes (the 1x1 quant conv projects to codebook_dim = 8),
+    # EMA codes with k-means init and restarts as in `arcvq-spherical-ema`, and the arc-margin loss at a constant
+    # gamma_t = 0.002, the weight of lowest training loss among 0.05 / 0.01 / 0.002 (every weight tried cost PSNR
+    # against no arc loss; this one the least).
+    "arcvq-lowdim": {
+        "codebook_dim": 8,
+        "distance": "cosine",
+        "codebook_init": "uniform_normalized",
+        "use_ball_bound": True,
+        "use_arc_margin": True,
+        "arc_weight": 0.002,
+        "arc_weight_decay": 0.0,
+        "spherical_codes": True,
+        "codebook_update": "ema",
+        "ema_decay": 0.99,
+        "dead_code_threshold": 2.0,
+        "kmeans_init": True,
+        "kmeans_iters": 10,
     },
     # Not ArcVQ: the field's standard remedy for codebook collapse (docs/method.md §1.10), the quantizer a tokenizer
     # builder would pick instead, as a preset of the same layer: nearest code by Euclidean distance, codes that are

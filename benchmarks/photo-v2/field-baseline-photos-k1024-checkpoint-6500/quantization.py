@@ -10,6 +10,8 @@ Every numbered step of docs/method.md §1 has one named function here:
   1.4 `ball_radius_at`, `project_onto_ball_`   BBNR, applied by the layer before training forwards
   1.5 `arc_margin_loss`         additive angular-margin loss, chunked, gradient accumulated in the forward pass
       `arc_weight_at`           gamma_t = gamma0 * exp(-lambda * t)
+  1.2 + 1.5 `assign_codes_and_arc_margin_loss`   both from one walk over the cosines: how the layer runs them in
+                                training when it assigns by angle (same indices and loss as the two functions)
 Options beyond the paper (docs/method.md §1.10): `ema_update_codebook_`, `restart_dead_codes_`, `kmeans_codebook`.
 """
 
@@ -190,6 +192,82 @@ def _rows_per_chunk(columns: int, max_elements: int) -> int:
     return max(1, max_elements // max(1, columns))
 
 
+# The walks over code-by-latent cosines (assignment by angle, the arc loss, and both at once) on one CPU thread take
+# blocks of codes holding about this many cosines, so that a block stays in cache across the passes made over it
+# (product, maxima, exponentials, gradient product); `max_elements` still caps the block.
+_CACHED_BLOCK_ELEMENTS = 2**20
+# ... but at least this many codes per block, so the products stay matrix-matrix products when N is large.
+_MIN_BLOCK_CODES = 64
+
+
+def _codes_per_block(num_latents: int, max_elements: int, device: torch.device) -> int:
+    """Codes per (k, N) block of cosines. One rule for `assign_codes` (by angle), `arc_margin_loss` and
+    `assign_codes_and_arc_margin_loss`, so that all three compute bit-identical cosines.
+
+    The largest block `max_elements` allows, except on a CPU running torch on one thread: there cache-sized blocks
+    are faster. With several threads every pass over a block is a parallel region whose threads must all meet, which
+    on a busy CPU costs a scheduler time slice each (2 threads on a loaded 2-core machine: blocks of 2**19 cosines
+    made the arc loss 4x slower than blocks of 2**22); on a GPU every block costs kernel launches.
+    """
+    largest = max(1, max_elements // max(1, num_latents))
+    if device.type != "cpu" or torch.get_num_threads() > 1:
+        return largest
+    return min(largest, max(_MIN_BLOCK_CODES, _CACHED_BLOCK_ELEMENTS // max(1, num_latents)))
+
+
+def _block_cosines(code_block: torch.Tensor, latents_unit: torch.Tensor) -> torch.Tensor:
+    """(k, N) cosines of unit codes (k, D) against unit latents (N, D): the one product every walk uses."""
+    return code_block @ latents_unit.T
+
+
+def _update_nearest_codes_(
+    cosines: torch.Tensor,
+    first_code: int,
+    best: torch.Tensor,
+    indices: torch.Tensor,
+    improved_columns_only: bool | None = None,
+) -> None:
+    """Fold the cosines (k, N) of codes first_code .. first_code + k - 1 into the running per-latent maximum `best`
+    (N,) and its code `indices` (N,), in place.
+
+    A later block wins only with a strictly larger cosine and, within a block, the first maximal row wins, so ties
+    go to the lowest code index, as with one argmax over all codes. A column-wise max with indices is slow on CPU:
+    the block's column maxima come first; then, on CPU (`improved_columns_only` None), when they improve few latents
+    (the usual case after the first blocks), the rows are looked up in those columns only; otherwise each column's
+    first maximal row is the largest of descending row weights where the column equals its maximum. All ways give
+    the same result.
+    """
+    column_max = cosines.amax(dim=0)
+    if improved_columns_only is None:
+        improved_columns_only = cosines.device.type == "cpu"
+    if improved_columns_only:
+        improved = (column_max > best).nonzero().squeeze(1)
+        if improved.numel() == 0:
+            return
+        if 4 * improved.numel() <= cosines.shape[1]:
+            values, rows = cosines.index_select(1, improved).max(dim=0)
+            best.index_copy_(0, improved, values)
+            indices.index_copy_(0, improved, rows + first_code)
+            return
+    num_rows = cosines.shape[0]
+    weights = torch.arange(num_rows, 0, -1, dtype=cosines.dtype, device=cosines.device).unsqueeze(1)
+    rows = num_rows - torch.where(cosines == column_max, weights, 0.0).amax(dim=0).long()
+    improved = column_max > best
+    best.copy_(torch.where(improved, column_max, best))
+    indices.copy_(torch.where(improved, rows + first_code, indices))
+
+
+def _nearest_codes_by_angle(latents_unit: torch.Tensor, codes_unit: torch.Tensor, max_elements: int) -> torch.Tensor:
+    """argmax_j cos(z_i, e_j) of unit latents (N, D) and unit codes (K, D), walking blocks of codes."""
+    num_latents = latents_unit.shape[0]
+    best = latents_unit.new_full((num_latents,), -math.inf)
+    indices = torch.zeros(num_latents, dtype=torch.long, device=latents_unit.device)
+    rows = _codes_per_block(num_latents, max_elements, latents_unit.device)
+    for start in range(0, codes_unit.shape[0], rows):
+        _update_nearest_codes_(_block_cosines(codes_unit[start : start + rows], latents_unit), start, best, indices)
+    return indices
+
+
 @torch.no_grad()
 def assign_codes(
     latents: torch.Tensor, codebook: torch.Tensor, distance: str = "cosine", max_elements: int = 2**22
@@ -202,26 +280,24 @@ def assign_codes(
         distance: `"cosine"` (argmax of cosine similarity) or `"euclidean"` (argmin of squared distance).
         max_elements: at most this many latent-by-code scores exist at once.
     Returns:
-        (N,) int64 code indices.
+        (N,) int64 code indices. By angle, ties go to the lowest code index, and the cosines are bit-identical to
+        those of `assign_codes_and_arc_margin_loss` (same blocks of codes, same product), so both pick the same codes.
     """
-    # Ties and near-ties must not depend on autocast: score in float32.
-    latents = latents.detach().float()
-    codebook = codebook.detach().float()
-    if distance == "cosine":
-        latents = F.normalize(latents, dim=1)
-        codebook = F.normalize(codebook, dim=1)
-    elif distance != "euclidean":
+    if distance not in ("cosine", "euclidean"):
         raise ValueError(f"Unknown distance {distance!r}; expected 'cosine' or 'euclidean'.")
-    code_sq_norms = codebook.pow(2).sum(dim=1)
-    rows = _rows_per_chunk(codebook.shape[0], max_elements)
-    indices = []
-    for chunk in latents.split(rows):
-        scores = chunk @ codebook.T
-        if distance == "euclidean":
+    # Ties and near-ties must not depend on autocast: score in float32, with autocast off for the products too.
+    with torch.autocast(device_type=latents.device.type, enabled=False):
+        latents = latents.detach().float()
+        codebook = codebook.detach().float()
+        if distance == "cosine":
+            return _nearest_codes_by_angle(F.normalize(latents, dim=1), F.normalize(codebook, dim=1), max_elements)
+        code_sq_norms = codebook.pow(2).sum(dim=1)
+        rows = _rows_per_chunk(codebook.shape[0], max_elements)
+        indices = []
+        for chunk in latents.split(rows):
             # argmin ||z - e||^2 = argmax (2 z.e - ||e||^2); ||z||^2 is constant per row.
-            scores = 2 * scores - code_sq_norms
-        indices.append(scores.argmax(dim=1))
-    return torch.cat(indices) if indices else latents.new_zeros(0, dtype=torch.long)
+            indices.append((2 * (chunk @ codebook.T) - code_sq_norms).argmax(dim=1))
+        return torch.cat(indices) if indices else latents.new_zeros(0, dtype=torch.long)
 
 
 def vq_loss(
@@ -282,26 +358,26 @@ def _top_k_per_row(scores: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torc
 
 
 def _chunk_loss_and_cosine_gradient(
-    code_chunk: torch.Tensor, latents: torch.Tensor, top_k: int, scale: float, margin: float
+    cosines: torch.Tensor, top_k: int, scale: float, margin: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-code arc loss of one block of codes against all latents, and its gradient with respect to the cosines.
+    """Per-code arc loss of one block of codes against all latents, from their cosines (k, N), and its gradient with
+    respect to the cosines.
 
-    Only one (k, N) matrix exists: the logits s * cos, overwritten in place by their shifted exponentials. Every
-    row is shifted by its largest logit, so no exponential overflows and the largest term is at least exp(-s * m).
+    Only one (k, N) matrix exists: `cosines`, overwritten in place by the shifted exponentials (a caller that needs
+    the cosines, like the assignment, reads them first). Every row is shifted by its largest logit, so no exponential
+    overflows and the largest term is at least exp(-s * m).
 
     Returns:
         losses (k,): log sum_i exp(l_ji) - log sum_{i in P_j} exp(l_ji).
-        exponentials (k, N): exp(s * cos_ji - shift_j), zero at the positives.
+        exponentials (k, N): exp(s * cos_ji - shift_j), zero at the positives (the storage of `cosines`).
         row_scale (k,): d losses_j / d cos_ji = row_scale_j * exponentials_ji for every non-positive i.
         positive_indices (k, top_k): P_j.
         positive_gradient (k, top_k): d losses_j / d cos_ji at the positives.
     """
-    logits = (code_chunk * scale) @ latents.T
-    top_logits, positive_indices = _top_k_per_row(logits, top_k)
-    shift = top_logits[:, :1]
-    # The positives' cosines, recomputed exactly from the vectors (top_k per code: cheap, and no division by s).
-    positive_cosines = (code_chunk[:, None, :] * latents[positive_indices]).sum(dim=2)
-    exponentials = logits.sub_(shift).exp_()
+    positive_cosines, positive_indices = _top_k_per_row(cosines, top_k)
+    shift = positive_cosines[:, :1] * scale
+    # s * cos - shift in one pass over the block, then the exponentials in place.
+    exponentials = torch.add(-shift, cosines, alpha=scale, out=cosines).exp_()
     exponentials.scatter_(1, positive_indices, 0.0)
     positive_exponentials = (_margin_logits(positive_cosines, scale, margin) - shift).exp()
     positive_sum = positive_exponentials.sum(dim=1)
@@ -315,35 +391,71 @@ def _chunk_loss_and_cosine_gradient(
 
 
 class _ChunkedArcMarginLoss(torch.autograd.Function):
-    """Arc loss over blocks of codes. The gradient is accumulated block by block during the forward pass (the loss
-    is a scalar, so backward only rescales it): no K x N matrix is ever stored and nothing is recomputed."""
+    """Arc loss over blocks of codes, and optionally the assignment by angle from the same blocks of cosines. The
+    gradient is accumulated block by block during the forward pass (the loss is a scalar, so backward only rescales
+    it): no K x N matrix is ever stored and nothing is recomputed. Returns (loss, indices); indices is empty when
+    `assign` is False."""
 
     @staticmethod
-    def forward(ctx, latents, codes, top_k, scale, margin, max_elements):  # type: ignore[override]
-        rows = _rows_per_chunk(latents.shape[0], max_elements)
+    def forward(ctx, latents, codes, top_k, scale, margin, max_elements, assign):  # type: ignore[override]
+        num_latents = latents.shape[0]
+        rows = _codes_per_block(num_latents, max_elements, latents.device)
         needs_gradient = ctx.needs_input_grad[0]
         total = latents.new_zeros((), dtype=torch.float32)
-        grad_latents = torch.zeros_like(latents) if needs_gradient else None
-        for code_chunk in codes.split(rows):
+        # The gradient is accumulated transposed, (D, N): the product then reads the (k, N) block row by row, which
+        # is faster than through its transpose.
+        grad_latents_t = latents.new_zeros(latents.shape[1], num_latents) if needs_gradient else None
+        indices = torch.zeros(num_latents if assign else 0, dtype=torch.long, device=latents.device)
+        best = latents.new_full((num_latents,), -math.inf) if assign else None
+        for start in range(0, codes.shape[0], rows):
+            code_chunk = codes[start : start + rows]
+            cosines = _block_cosines(code_chunk, latents)
+            if assign:  # before the arc loss overwrites the cosines with its exponentials
+                _update_nearest_codes_(cosines, start, best, indices)
             losses, exponentials, row_scale, positive_indices, positive_gradient = _chunk_loss_and_cosine_gradient(
-                code_chunk, latents, top_k, scale, margin
+                cosines, top_k, scale, margin
             )
             total = total + losses.sum()
             if needs_gradient:
-                # d cos_ji / d z_i = e_j: a dense product for the non-positives (the per-code factor folded into
-                # the codes, not into the K x N block), a scatter-add for the positives.
-                grad_latents.addmm_(exponentials.T, code_chunk * row_scale[:, None])
-                positive_rows = code_chunk[:, None, :] * positive_gradient[:, :, None]
-                grad_latents.index_add_(0, positive_indices.reshape(-1), positive_rows.reshape(-1, code_chunk.shape[1]))
+                # d losses_j / d cos_ji divided by row_scale_j: the exponentials, with the positives' own values put
+                # in their zeroed places. d cos_ji / d z_i = e_j, so the gradient is one product with the codes
+                # scaled by row_scale (the per-code factor folded into the codes, not into the block). No scatter-add:
+                # with 2 threads on a loaded CPU each one cost ~80 ms.
+                exponentials.scatter_(1, positive_indices, positive_gradient / row_scale[:, None])
+                grad_latents_t.addmm_((code_chunk * row_scale[:, None]).T, exponentials)
         num_codes = codes.shape[0]
         if needs_gradient:
-            ctx.save_for_backward(grad_latents.div_(num_codes))
-        return total / num_codes
+            ctx.save_for_backward(grad_latents_t.T.div(num_codes).contiguous())
+        ctx.mark_non_differentiable(indices)
+        return total / num_codes, indices
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
+    def backward(ctx, grad_output, grad_indices):  # type: ignore[override]
         (grad_latents,) = ctx.saved_tensors
-        return grad_latents * grad_output, None, None, None, None, None
+        return grad_latents * grad_output, None, None, None, None, None, None
+
+
+def _arc_margin_walk(
+    latents: torch.Tensor,
+    codebook: torch.Tensor,
+    scale: float,
+    margin: float,
+    top_k: int,
+    max_elements: int,
+    assign: bool,
+    caller: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, indices) of `_ChunkedArcMarginLoss` on the l2-normalised float32 rows, autocast off."""
+    if latents.shape[0] == 0:
+        raise ValueError(f"{caller} needs at least one latent vector, got an empty batch.")
+    top_k = min(top_k, latents.shape[0])
+    # Cosines near 1 and the top-k choice need float32: under bf16 / fp16 autocast the loss still runs in float32.
+    with torch.autocast(device_type=latents.device.type, enabled=False):
+        latents_unit = F.normalize(latents.float(), dim=1)
+        codes_unit = F.normalize(codebook.detach().float(), dim=1)
+        return _ChunkedArcMarginLoss.apply(
+            latents_unit, codes_unit, top_k, float(scale), float(margin), max_elements, assign
+        )
 
 
 def arc_margin_loss(
@@ -366,14 +478,31 @@ def arc_margin_loss(
     Returns:
         scalar float32 loss. With fewer latents than `top_k`, all latents are positives.
     """
-    if latents.shape[0] == 0:
-        raise ValueError("arc_margin_loss needs at least one latent vector, got an empty batch.")
-    top_k = min(top_k, latents.shape[0])
-    # Cosines near 1 and the top-k choice need float32: under bf16 / fp16 autocast the loss still runs in float32.
-    with torch.autocast(device_type=latents.device.type, enabled=False):
-        latents_unit = F.normalize(latents.float(), dim=1)
-        codes_unit = F.normalize(codebook.detach().float(), dim=1)
-        return _ChunkedArcMarginLoss.apply(latents_unit, codes_unit, top_k, float(scale), float(margin), max_elements)
+    loss, _ = _arc_margin_walk(latents, codebook, scale, margin, top_k, max_elements, False, "arc_margin_loss")
+    return loss
+
+
+def assign_codes_and_arc_margin_loss(
+    latents: torch.Tensor,
+    codebook: torch.Tensor,
+    scale: float = 5.0,
+    margin: float = 0.1,
+    top_k: int = 3,
+    max_elements: int = 2**22,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1.2 (assignment by angle) and 1.5 (arc-margin loss) from one walk over the code-by-latent cosines: how
+    the layer runs both in training when it assigns by angle. Both steps need all K x N cosines; here each block of
+    them is computed once, its per-latent maxima are taken for the assignment, then it becomes the arc loss's
+    exponentials.
+
+    Returns:
+        indices (N,) int64, equal to `assign_codes(latents, codebook, "cosine", max_elements)`, and the scalar
+        float32 loss of `arc_margin_loss(latents, codebook, scale, margin, top_k, max_elements)` with its gradient.
+    """
+    loss, indices = _arc_margin_walk(
+        latents, codebook, scale, margin, top_k, max_elements, True, "assign_codes_and_arc_margin_loss"
+    )
+    return indices, loss
 
 
 @dataclass
@@ -731,7 +860,16 @@ class SphericalAngularMarginQuantizer(nn.Module):
             self._kmeans_init_codebook(flat)
         if self.training and self.use_ball_bound:
             self.apply_ball_bound()
-        indices = assign_codes(flat, self.embedding.weight, self.distance, self.chunk_elements)
+        arc = None
+        with_arc = (self.training if compute_arc_loss is None else compute_arc_loss) and self.use_arc_margin
+        if with_arc and self.distance == "cosine":
+            # Assignment and arc loss from one walk over the code-by-latent cosines (the same indices and loss as
+            # `assign_codes` and `arc_margin_loss`, which both compute all of them).
+            indices, arc = assign_codes_and_arc_margin_loss(
+                flat, self.embedding.weight, self.arc_scale, self.arc_margin, self.arc_top_k, self.chunk_elements
+            )
+        else:
+            indices = assign_codes(flat, self.embedding.weight, self.distance, self.chunk_elements)
         codes = self.embedding(indices)
         if self.spherical_codes:
             # Both sides on the unit sphere: the decoder receives the code's direction, all that the assignment by
@@ -745,8 +883,7 @@ class SphericalAngularMarginQuantizer(nn.Module):
             if self.codebook_update == "ema":
                 # The codes follow the moving averages; only the commitment term trains the encoder.
                 vq = commitment * (1.0 if self.legacy_beta_placement else self.commitment_cost)
-        arc = None
-        if (self.training if compute_arc_loss is None else compute_arc_loss) and self.use_arc_margin:
+        if with_arc and arc is None:
             arc = arc_margin_loss(
                 flat_f32, self.embedding.weight, self.arc_scale, self.arc_margin, self.arc_top_k, self.chunk_elements
             )
@@ -773,6 +910,7 @@ __all__ = [
     "arc_margin_loss",
     "arc_weight_at",
     "assign_codes",
+    "assign_codes_and_arc_margin_loss",
     "ball_radius_at",
     "init_codebook_",
     "project_onto_ball_",
