@@ -82,8 +82,8 @@ def to_diffusers(model: torch.nn.Module) -> VQModel:
     state_dict = {key: value for key, value in model.state_dict().items() if not key.startswith(_QUANTIZER_PREFIX)}
     # What our decoder consumes for each id: the raw codes, or their unit vectors with `spherical_codes`.
     with torch.no_grad():
-        codebook = model.quantizer.codes_for(torch.arange(model.config.codebook_size, device=model.codebook.device))
-    state_dict[_CODEBOOK_KEY] = codebook.detach().clone()
+        ids = torch.arange(model.config.codebook_size, device=model.codebook.device)
+        state_dict[_CODEBOOK_KEY] = model.quantizer.codes_for(ids)
     vq_model.load_state_dict(state_dict, strict=True)
     parameter = next(model.parameters())
     vq_model.to(parameter.device)

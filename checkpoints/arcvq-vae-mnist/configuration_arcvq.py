@@ -436,26 +436,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "kmeans_init": True,
         "kmeans_iters": 10,
     },
-    # ArcVQ on the field's low-dimensional cosine codes (benchmarks/field_baselines, row
-    # arcvq-lowdim-spherical-ema-kmeans-g0.002): 8-dim unit codes (the 1x1 quant conv projects to codebook_dim = 8),
-    # EMA codes with k-means init and restarts as in `arcvq-spherical-ema`, and the arc-margin loss at a constant
-    # gamma_t = 0.002, the weight of lowest training loss among 0.05 / 0.01 / 0.002 (every weight tried cost PSNR
-    # against no arc loss; this one the least).
-    "arcvq-lowdim": {
-        "codebook_dim": 8,
-        "distance": "cosine",
-        "codebook_init": "uniform_normalized",
-        "use_ball_bound": True,
-        "use_arc_margin": True,
-        "arc_weight": 0.002,
-        "arc_weight_decay": 0.0,
-        "spherical_codes": True,
-        "codebook_update": "ema",
-        "ema_decay": 0.99,
-        "dead_code_threshold": 2.0,
-        "kmeans_init": True,
-        "kmeans_iters": 10,
-    },
     # Not ArcVQ: the field's standard remedy for codebook collapse (docs/method.md §1.10), the quantizer a tokenizer
     # builder would pick instead, as a preset of the same layer: nearest code by Euclidean distance, codes that are
     # EMA averages (decay 0.99) of their latents, k-means init on the first batch (10 rounds), restart of codes used
@@ -474,6 +454,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "commitment_cost": 1.0,
     },
 }
+
+# ArcVQ on the field's low-dimensional cosine codes (benchmarks/field_baselines, row
+# arcvq-lowdim-spherical-ema-kmeans-g0.002): `arcvq-spherical-ema` on 8-dim unit codes (the 1x1 quant conv projects to
+# codebook_dim = 8) with the arc-margin loss at a constant gamma_t = 0.002, the weight of lowest training loss among
+# 0.05 / 0.01 / 0.002 (every weight tried cost PSNR against no arc loss; this one the least).
+PRESETS["arcvq-lowdim"] = {**PRESETS["arcvq-spherical-ema"], "codebook_dim": 8, "arc_weight": 0.002}
 
 # The authors' ImageNet VQGAN (their taming fork, configs/imagenet_vqgan.yaml): z_channels = embed_dim = 16 and
 # taming's default legacy beta placement (commitment weight 1, codebook weight 0.25). One deliberate difference:
