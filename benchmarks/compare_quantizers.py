@@ -1,6 +1,7 @@
 """Side-by-side quantizer benchmark: the same backbone, data, budget and seeds for every preset.
 
-Presets (`ArcVQConfig.from_preset`): `vq-baseline` (textbook VQ-VAE), `cosine-only`, `no-ball`, `no-arc`, `arcvq`.
+Presets (`ArcVQConfig.from_preset`): `vq-baseline` (textbook VQ-VAE), `cosine-only`, `no-ball`, `no-arc`, `arcvq`;
+`arcvq-lowdim` and `ema-kmeans-restart` (options beyond the paper) when named with `--presets`.
 Data sets: `mnist-5k` with exactly the protocol of docs/method.md §4 (the paper's VQ-VAE, Adam 3e-4, batch 256,
 MSE / data variance with data variance = var(train / 255) * 4, metrics on the 1000 test images) and `photos`
 (32x32 RGB crops of scikit-image's photos, split by source photo; data variance computed the same way).
@@ -61,6 +62,9 @@ BENCHMARK_DIR = Path(__file__).resolve().parent
 # two must not share a folder (a run there would be skipped as already done).
 RESULTS_DIR = BENCHMARK_DIR / "authors-backbone" / "results"
 PRESET_ORDER = ("vq-baseline", "cosine-only", "no-ball", "no-arc", "arcvq")
+# Presets beyond the paper's ablations (docs/method.md §1.10), run only when named with --presets: the best ArcVQ of
+# benchmarks/field_baselines and the field's EMA remedy, for choosing the default on mnist-5k as well as photos.
+OPTION_PRESETS = ("arcvq-lowdim", "ema-kmeans-restart")
 DATASETS = ("mnist-5k", "photos")
 # Training precision of a run: the protocol's float32, or `--fast` (issue 13's speed levers).
 FP32, FAST = "fp32", "bf16+channels_last"
@@ -354,7 +358,7 @@ def main_table(records: list[dict[str, Any]], dataset: str, steps: int) -> list[
         "| LPIPS | rFID | s/step | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for preset in PRESET_ORDER:
+    for preset in (*PRESET_ORDER, *OPTION_PRESETS):
         runs = _table_runs(records, dataset, steps, preset)
         if not runs:
             continue
@@ -559,7 +563,7 @@ def speed_lines(speed: dict[str, Any]) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--presets", nargs="+", default=list(PRESET_ORDER), choices=PRESET_ORDER)
+    parser.add_argument("--presets", nargs="+", default=list(PRESET_ORDER), choices=PRESET_ORDER + OPTION_PRESETS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--eval-every", type=int, default=250, help="test utilization every this many steps")

@@ -112,6 +112,23 @@ def test_crop_size_measures_the_fixed_crops_of_whole_photos(tmp_path) -> None:
     assert not (folder / "eval_results.json").exists()  # --output writes there instead
 
 
+def test_crop_grid_places_more_crops_for_counting_codebook_use(tmp_path) -> None:
+    from arcvq_hf.data.photo_corpus import photo_eval_dataset
+
+    folder, corpus = _saved_photo_folder_and_corpus(tmp_path)
+    output = tmp_path / "dense.json"
+    arguments = ["--dataset", str(tmp_path / "corpus"), "--crop_size", "16", "--crop_grid", "5"]
+    main([str(folder), *arguments, "--output", str(output)])
+    written = json.loads(output.read_text())
+    dense, default = photo_eval_dataset(corpus["test"], 16, grid=5)["image"], photo_eval_dataset(corpus["test"], 16)
+    assert written["eval_num_images"] == len(dense) > len(default)
+    assert written["eval_psnr"] == pytest.approx(_mean_psnr(folder, dense), rel=1e-6)
+    with pytest.raises(ValueError, match="crop_grid=0"):
+        main([str(folder), *arguments[:-1], "0"])
+    with pytest.raises(ValueError, match="give crop_size too"):
+        main([str(folder), "--dataset", "mnist-5k", "--crop_grid", "5"])
+
+
 def test_max_side_measures_whole_photos_downscaled_as_the_space_does(tmp_path) -> None:
     folder, corpus = _saved_photo_folder_and_corpus(tmp_path)
     output = tmp_path / "whole.json"

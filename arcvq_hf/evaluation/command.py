@@ -20,7 +20,9 @@ pass over the whole split; rank 0 writes the file. Every rFID is written and pri
 (`eval_rfid_num_images`).
 
 `--dataset photos` (the corpus of whole photos) is measured as the training example measures it: on the fixed
-multi-scale crops of `photo_eval_dataset` (`--crop_size`, default 32). `--max_side N` measures whole images instead,
+multi-scale crops of `photo_eval_dataset` (`--crop_size`, default 32; `--crop_grid`, default 3 positions per axis and
+scale: 189 crops, 12 tokens per code at K=1024; `--crop_grid 12` gives 2700 crops, the density of
+benchmarks/field_baselines, for counting codebook use at K up to 8192). `--max_side N` measures whole images instead,
 each downscaled by the folder's processor so that its longer side is at most N (as the Space does), one per batch.
 
 The evaluation is `ArcVQTrainer.evaluate`'s: `whole_set_metrics` (the one evaluation loop, `loop`) over the whole
@@ -50,7 +52,7 @@ from torch.utils.data import DataLoader, Subset
 from transformers import TrainerState
 
 from arcvq_hf.data.builtin import load_image_dataset, train_eval_splits
-from arcvq_hf.data.photo_corpus import PHOTO_CROP_SIZE, photo_eval_dataset
+from arcvq_hf.data.photo_corpus import EVAL_CROP_GRID, PHOTO_CROP_SIZE, photo_eval_dataset
 from arcvq_hf.data.streaming import open_image_stream, protocol_transform
 from arcvq_hf.data.transforms import collate_pixel_values, lazy_image_decoding, pixel_values_transform
 from arcvq_hf.model.image_processing_arcvq import ArcVQImageProcessor
@@ -78,6 +80,7 @@ def evaluate_folder(
     perceptual: bool = False,
     device: str | None = None,
     crop_size: int | None = None,
+    crop_grid: int | None = None,
     max_side: int | None = None,
     resize_shorter: int | None = None,
     center_crop: int | None = None,
@@ -97,6 +100,7 @@ def evaluate_folder(
         device: default `cuda` when available, else `cpu`.
         crop_size: evaluate on `photo_eval_dataset`'s fixed crops of this side (default: PHOTO_CROP_SIZE for
             `photos`, whole images otherwise).
+        crop_grid: crop positions per axis and scale of those crops (default EVAL_CROP_GRID).
         max_side: evaluate whole images, downscaled by the processor to this longer side, one image per batch.
         resize_shorter, center_crop: the field's protocol: resize the shorter side to `resize_shorter`, then cut the
             centred `center_crop` square (either alone: both the same).
@@ -114,6 +118,11 @@ def evaluate_folder(
     protocol = resize_shorter is not None or center_crop is not None
     if crop_size is not None and max_side is not None:
         raise ValueError("crop_size and max_side exclude each other: crops, or whole downscaled images.")
+    if crop_grid is not None and (crop_grid < 1 or max_side is not None or protocol):
+        raise ValueError(
+            f"crop_grid={crop_grid!r}: give a positive number of crop positions, and only for crops (not with "
+            "max_side or resize_shorter / center_crop)."
+        )
     if protocol and (crop_size is not None or max_side is not None or image_size is not None):
         raise ValueError(
             "resize_shorter / center_crop (--resolution) is a preprocessing of its own: drop crop_size, max_side "
@@ -139,6 +148,8 @@ def evaluate_folder(
     else:
         if crop_size is None and max_side is None and not protocol and dataset == "photos":
             crop_size = PHOTO_CROP_SIZE
+        if crop_grid is not None and crop_size is None:
+            raise ValueError(f"crop_grid places fixed crops: give crop_size too (e.g. {PHOTO_CROP_SIZE}).")
         splits = load_image_dataset(dataset)
         # A named split is evaluated as it is (any split: ImageNet's `validation` needs no `train` beside it).
         split = splits[eval_split] if eval_split in splits else train_eval_splits(splits, train_split, eval_split)[1]
@@ -147,7 +158,8 @@ def evaluate_folder(
         if max_side is not None:
             # Whole images of different sizes: one per batch, downscaled as the Space's processor does.
             processor.max_side, batch_size = max_side, 1
-        split = _prepared_split(split, processor, image_column, image_size, crop_size, transform if protocol else None)
+        crops = (crop_size, crop_grid or EVAL_CROP_GRID) if crop_size is not None else None
+        split = _prepared_split(split, processor, image_column, image_size, crops, transform if protocol else None)
         # Every world_size-th image from `rank`: disjoint parts, none padded or counted twice.
         part = Subset(split, range(rank, len(split), world_size)) if world_size > 1 else split
         batches = DataLoader(part, batch_size=batch_size, shuffle=False, collate_fn=collate_pixel_values)
@@ -164,11 +176,18 @@ def evaluate_folder(
 
 
 def _prepared_split(
-    split: Any, processor: Any, image_column: str, image_size: int | None, crop_size: int | None, protocol: Any
+    split: Any,
+    processor: Any,
+    image_column: str,
+    image_size: int | None,
+    crops: tuple[int, int] | None,
+    protocol: Any,
 ) -> Any:
-    """The evaluation split with its images mapped to `pixel_values` (fixed crops, the protocol, or as trained)."""
-    if crop_size is not None:
-        split = photo_eval_dataset(split, crop_size, image_column=image_column)
+    """The evaluation split with its images mapped to `pixel_values` (fixed crops given as (side, grid), the
+    protocol, or as trained)."""
+    if crops is not None:
+        crop_size, crop_grid = crops
+        split = photo_eval_dataset(split, crop_size, grid=crop_grid, image_column=image_column)
         image_column, image_size = "image", None
     if protocol is not None:
         if image_column != "image":
@@ -237,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--perceptual", action="store_true", help="add LPIPS-alex and rFID")
     parser.add_argument("--device", help="default: cuda when available, else cpu")
     parser.add_argument("--crop_size", type=int, help="fixed multi-scale crops of this side (default 32 for photos)")
+    parser.add_argument("--crop_grid", type=int, help="crop positions per axis and scale (default 3; 12: 2700 crops)")
     parser.add_argument("--max_side", type=int, help="whole images downscaled to this longer side, one per batch")
     parser.add_argument("--resize_shorter", type=int, help="the protocol: resize the shorter side to N, then ...")
     parser.add_argument("--center_crop", type=int, help="... cut the centred N x N square (default: --resize_shorter)")
@@ -260,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         perceptual=args.perceptual,
         device=args.device,
         crop_size=args.crop_size,
+        crop_grid=args.crop_grid,
         max_side=args.max_side,
         resize_shorter=args.resize_shorter,
         center_crop=args.center_crop,
