@@ -294,3 +294,35 @@ def test_field_baseline_tokenizes_like_vector_quantize_pytorch_on_the_same_codeb
         quantized, indices, _ = ours(images)
     assert torch.equal(indices, library_indices)
     torch.testing.assert_close(quantized, library_quantized, rtol=0, atol=1e-6)
+
+
+def test_codebook_options_keep_every_process_identical_under_torch_distributed(tmp_path):
+    # DDP averages gradients, but EMA updates, restarts and the k-means init move the codebook outside the optimizer:
+    # without synchronisation every process would drift to its own codebook (and save only process 0's).
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    worker = os.path.join(repo, "tests", "quantizer_sync_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([repo, os.path.join(repo, "tests")])}
+    result = subprocess.run([*command, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [load_file(str(tmp_path / f"rank{rank}.safetensors")) for rank in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for key in ranks[0]:
+        torch.testing.assert_close(ranks[0][key], ranks[1][key], atol=0, rtol=0, msg=key)
+    assert ranks[0]["all.codebook_initialized"].item() == 1.0
+
+    # Plain EMA: the two processes together make exactly the updates of one process that sees both batches.
+    sys.path.insert(0, os.path.join(repo, "tests"))
+    from quantizer_sync_worker import STEPS, layer, process_batch
+
+    single = layer(codebook_update="ema", use_arc_margin=False, use_ball_bound=False)
+    for step in range(STEPS):
+        single(torch.cat([process_batch(0, step), process_batch(1, step)]))
+    for key, value in single.state_dict().items():
+        torch.testing.assert_close(ranks[0][f"ema.{key}"], value.float(), atol=1e-5, rtol=1e-5, msg=key)

@@ -13,6 +13,8 @@ Every numbered step of docs/method.md §1 has one named function here:
   1.2 + 1.5 `assign_codes_and_arc_margin_loss`   both from one walk over the cosines: how the layer runs them in
                                 training when it assigns by angle (same indices and loss as the two functions)
 Options beyond the paper (docs/method.md §1.10): `ema_update_codebook_`, `restart_dead_codes_`, `kmeans_codebook`.
+Under torch.distributed (DDP, torchrun) these updates keep every process's codebook identical: the EMA statistics are
+summed over processes, and a k-means init or a restart made by process 0 is broadcast to the others.
 """
 
 from __future__ import annotations
@@ -87,6 +89,32 @@ def project_onto_ball_(codebook: torch.Tensor, radius: float | torch.Tensor) -> 
 _EMA_EPSILON = 1e-5
 
 
+def _num_processes() -> int:
+    """Processes in torch.distributed's default group (1 without one): they train the layer together, each on its
+    own part of the batch, and the optimizer keeps their parameters identical; the codebook updates below are not
+    made by the optimizer, so they synchronise themselves."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+@torch.no_grad()
+def _sum_over_processes_(*tensors: torch.Tensor) -> None:
+    """In place: every tensor becomes its sum over the processes (no-op for one process)."""
+    if _num_processes() > 1:
+        for tensor in tensors:
+            torch.distributed.all_reduce(tensor)
+
+
+@torch.no_grad()
+def _copy_from_first_process_(*tensors: torch.Tensor | None) -> None:
+    """In place: every tensor becomes process 0's (no-op for one process; None entries are skipped)."""
+    if _num_processes() > 1:
+        for tensor in tensors:
+            if tensor is not None:
+                torch.distributed.broadcast(tensor, src=0)
+
+
 @torch.no_grad()
 def ema_update_codebook_(
     codebook: torch.Tensor,
@@ -106,10 +134,13 @@ def ema_update_codebook_(
         latents: (N, D) this batch's latents (raw: under angle assignment the codes still carry the latents' norms,
             which the decoder receives).
         indices: (N,) the codes they were assigned to.
+    Under torch.distributed count_j and the sums are added over processes first, so every process makes the update
+    that one process seeing the whole batch would make.
     """
     num_codes = codebook.shape[0]
     counts = torch.bincount(indices, minlength=num_codes).to(code_usage.dtype)
     sums = torch.zeros_like(code_sum).index_add_(0, indices, latents.detach().to(code_sum.dtype))
+    _sum_over_processes_(counts, sums)
     code_usage.mul_(decay).add_(counts, alpha=1.0 - decay)
     code_sum.mul_(decay).add_(sums, alpha=1.0 - decay)
     total = code_usage.sum()
@@ -133,6 +164,8 @@ def restart_dead_codes_(
     Args:
         codebook: (K, D); code_usage: (K,); latents: (N, D) this batch's latents; code_sum: (K, D) with the EMA
             update, kept consistent (code_sum_j = code_j * code_usage_j).
+    Under torch.distributed (where code_usage is the same on every process) process 0 restarts the codes on its
+    latents and the others take its codebook and statistics.
     Returns:
         (K,) bool mask of the restarted codes.
     """
@@ -145,6 +178,7 @@ def restart_dead_codes_(
     code_usage[dead] = threshold
     if code_sum is not None:
         code_sum[dead] = codebook[dead].to(code_sum.dtype) * code_usage[dead].unsqueeze(1)
+    _copy_from_first_process_(codebook, code_usage, code_sum)
     return dead
 
 
@@ -814,6 +848,12 @@ class SphericalAngularMarginQuantizer(nn.Module):
             self.code_usage.copy_(counts)
         if self.codebook_update == "ema":
             self.code_sum.copy_(means * counts.unsqueeze(1))
+        # Under torch.distributed every process starts from process 0's k-means (of its part of the batch).
+        _copy_from_first_process_(
+            self.embedding.weight,
+            self.code_usage if self.tracks_code_usage else None,
+            self.code_sum if self.codebook_update == "ema" else None,
+        )
         self.codebook_initialized.fill_(True)
 
     @torch.no_grad()
@@ -826,6 +866,7 @@ class SphericalAngularMarginQuantizer(nn.Module):
             )
         elif self.tracks_code_usage:
             counts = torch.bincount(indices, minlength=self.codebook_size).to(self.code_usage.dtype)
+            _sum_over_processes_(counts)
             self.code_usage.mul_(self.ema_decay).add_(counts, alpha=1.0 - self.ema_decay)
         if self.dead_code_threshold > 0:
             code_sum = self.code_sum if self.codebook_update == "ema" else None
