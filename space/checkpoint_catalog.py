@@ -48,11 +48,13 @@ class CheckpointRefusedError(CheckpointError):
 
 @dataclass(frozen=True)
 class ShippedCheckpoint:
-    """A checkpoint this project ships: its Hub id, and the training command that rebuilds its folder."""
+    """A checkpoint this project ships: its Hub id, and the training command that rebuilds its folder
+    (`extra_arguments`: what the command adds to the dataset and preset, e.g. a codebook size)."""
 
     hub_id: str
     dataset: str
     preset: str
+    extra_arguments: str = ""
 
     @property
     def folder_name(self) -> str:
@@ -67,19 +69,24 @@ class ShippedCheckpoint:
 
     def train_command(self, output_dir: str | None = None) -> str:
         """The short form of the command in the checkpoint's card (which also gives its steps and batch size)."""
+        extra = f"{self.extra_arguments} " if self.extra_arguments else ""
         return (
-            f"python examples/train_arcvq.py --dataset {self.dataset} --preset {self.preset} "
+            f"python examples/train_arcvq.py --dataset {self.dataset} --preset {self.preset} {extra}"
             f"--output_dir {output_dir or 'checkpoints/' + self.folder_name}"
         )
 
 
+# The default pair first: photo tokenizer v2, ArcVQ and the field's EMA remedy (EMA codebook, k-means init, dead-code
+# restart) at the same K and budget; then the first photo pair (the textbook VQ-VAE stays as the third choice).
 SHIPPED_CHECKPOINTS = (
+    ShippedCheckpoint("arcvq-hf/field-vq-photos-v2", "photos", "ema-kmeans-restart", "--codebook_size 1024"),
+    ShippedCheckpoint("arcvq-hf/arcvq-vae-photos-v2", "photos", "arcvq-lowdim", "--codebook_size 1024"),
     ShippedCheckpoint("arcvq-hf/vq-vae-photos", "photos", "vq-baseline"),
     ShippedCheckpoint("arcvq-hf/arcvq-vae-photos", "photos", "arcvq"),
     ShippedCheckpoint("arcvq-hf/vq-vae-mnist", "mnist-5k", "vq-baseline"),
     ShippedCheckpoint("arcvq-hf/arcvq-vae-mnist", "mnist-5k", "arcvq"),
 )
-DEFAULT_CHECKPOINTS = {VQ_LABEL: "arcvq-hf/vq-vae-photos", ARCVQ_LABEL: "arcvq-hf/arcvq-vae-photos"}
+DEFAULT_CHECKPOINTS = {VQ_LABEL: "arcvq-hf/field-vq-photos-v2", ARCVQ_LABEL: "arcvq-hf/arcvq-vae-photos-v2"}
 _SHIPPED_BY_ID = {shipped.hub_id: shipped for shipped in SHIPPED_CHECKPOINTS}
 
 

@@ -37,6 +37,17 @@ def test_the_baseline_card_says_it_is_the_textbook_vq_vae_not_the_prior() -> Non
         assert f"An ablation (`{name}`)" in text and "trained under" not in text
 
 
+def test_cards_name_the_options_beyond_the_paper_that_a_model_was_trained_with() -> None:
+    field = describe_model(ArcVQConfig.from_preset("ema-kmeans-restart"))
+    assert field.startswith("A VQ-VAE baseline with the field's remedy for codebook collapse (")
+    assert "EMA 0.99" in field and "k-means init" in field and "used less than 2 times" in field
+    assert "textbook" not in field and "no arc loss" in field
+    lowdim = describe_model(ArcVQConfig.from_preset("arcvq-lowdim"))
+    assert "trained under the spherical angular-margin prior" in lowdim
+    assert "options beyond the paper: 8-dim unit-norm codes" in lowdim and "a constant arc weight of 0.002" in lowdim
+    assert "beyond the paper" not in describe_model(ArcVQConfig.from_preset("arcvq"))
+
+
 def test_card_names_dataset_and_splits_cites_the_paper_and_shows_remote_code_usage() -> None:
     card = _card("arcvq", TrainingRun(command="python x.py", dataset="mnist-5k", eval_split="test", repo_id="me/m"))
     data = card.data.to_dict()

@@ -475,7 +475,7 @@ def test_custom_checkpoints_are_accepted_with_the_flag(monkeypatch, tiny_checkpo
 
 
 def test_a_missing_shipped_checkpoint_is_named_and_the_demo_still_starts(monkeypatch, tmp_path, tiny_checkpoints):
-    # Only vq-vae-photos is there: the default arcvq-vae-photos and both MNIST checkpoints are missing, offline.
+    # Only vq-vae-photos is there: the default pair (photo tokenizer v2) and the other checkpoints are missing, offline.
     shutil.copytree(tiny_checkpoints["vq"], tmp_path / "vq-vae-photos")
     monkeypatch.setattr(catalog_module, "CHECKPOINT_DIRS", (tmp_path,))
     monkeypatch.setattr(catalog_module, "is_offline_mode", lambda: True)
@@ -483,25 +483,25 @@ def test_a_missing_shipped_checkpoint_is_named_and_the_demo_still_starts(monkeyp
         monkeypatch.delenv(variable, raising=False)
     demo = app.build_demo()
     shown = " ".join(str(block.value) for block in demo.blocks.values() if isinstance(block, gr.Markdown))
-    for name in ("arcvq-vae-photos", "vq-vae-mnist", "arcvq-vae-mnist"):
+    for name in ("field-vq-photos-v2", "arcvq-vae-photos-v2", "arcvq-vae-photos", "vq-vae-mnist", "arcvq-vae-mnist"):
         assert f"Checkpoint arcvq-hf/{name} is missing: no folder {tmp_path / name}" in shown
     assert "Checkpoint arcvq-hf/vq-vae-photos" not in shown
     dropdown = next(block for block in demo.blocks.values() if isinstance(block, gr.Dropdown))
     assert ("arcvq-hf/vq-vae-mnist (unavailable)", "arcvq-hf/vq-vae-mnist") in dropdown.choices
     assert ("arcvq-hf/vq-vae-photos", "arcvq-hf/vq-vae-photos") in dropdown.choices
     status = app.DemoHandlers(catalog_module.CheckpointCatalog.from_environment()).reconstruct(
-        str(app.EXAMPLES_DIR / "chelsea.png"), 64, "arcvq-hf/vq-vae-photos", "arcvq-hf/arcvq-vae-photos"
+        str(app.EXAMPLES_DIR / "chelsea.png"), 64, "arcvq-hf/vq-vae-photos", "arcvq-hf/arcvq-vae-photos-v2"
     )[0]
-    assert "Checkpoint arcvq-hf/arcvq-vae-photos is missing" in status
-    assert "--preset arcvq --output_dir checkpoints/arcvq-vae-photos" in status
+    assert "Checkpoint arcvq-hf/arcvq-vae-photos-v2 is missing" in status
+    # the command that rebuilds it, with the codebook size the preset does not carry
+    assert "--preset arcvq-lowdim --codebook_size 1024 --output_dir checkpoints/arcvq-vae-photos-v2" in status
 
 
 def test_startup_names_a_missing_operator_checkpoint(monkeypatch, tmp_path):
     missing = tmp_path / "nowhere" / "arcvq-vae-photos"
     monkeypatch.setenv("ARCVQ_CHECKPOINT", str(missing))
-    with pytest.raises(
-        SystemExit, match=re.escape(f"Checkpoint folder not found: {missing}") + ".*ARCVQ_CHECKPOINT.*--preset arcvq"
-    ):
+    expected = re.escape(f"Checkpoint folder not found: {missing}") + ".*ARCVQ_CHECKPOINT.*--preset arcvq-lowdim "
+    with pytest.raises(SystemExit, match=expected):
         app.main()
 
 

@@ -23,7 +23,15 @@ def describe_model(config: Any) -> str:
     """One paragraph saying what kind of tokenizer `config` (an ArcVQConfig) is: the full ArcVQ-VAE, an ablation
     of its prior, or the textbook VQ-VAE baseline."""
     by_angle, ball, arc = config.distance == "cosine", config.use_ball_bound, config.use_arc_margin
+    remedies = codebook_remedies(config)
     if not (by_angle or ball or arc):
+        if remedies:
+            return (
+                f"A VQ-VAE baseline with the field's remedy for codebook collapse ({remedies}): euclidean "
+                "assignment, no ball bound, no arc loss. It is what a tokenizer builder would pick instead of "
+                "ArcVQ, the comparison partner of the ArcVQ-VAE tokenizers of arcvq-hf, and uses no part of the "
+                f"spherical angular-margin prior (SAMP) of [ArcVQ-VAE]({PAPER_URL})."
+            )
         return (
             "A textbook VQ-VAE baseline: euclidean assignment, no ball bound, no arc loss. It is the comparison "
             "partner of the ArcVQ-VAE tokenizers of arcvq-hf and uses no part of the spherical angular-margin prior "
@@ -34,6 +42,7 @@ def describe_model(config: Any) -> str:
             f"An [ArcVQ-VAE]({PAPER_URL}) image tokenizer: a VQ-VAE whose codebook is trained under the spherical "
             "angular-margin prior (SAMP): codes assigned by angle (cosine), codebook norms bounded by a ball whose "
             "radius grows as R(t) = exp(alpha t), and an additive angular-margin (ArcCosine) loss on the encoder."
+            + (f" With options beyond the paper: {remedies}." if remedies else "")
         )
     ablation = {(True, False, False): "cosine-only", (True, False, True): "no-ball", (True, True, False): "no-arc"}
     parts = [
@@ -46,6 +55,24 @@ def describe_model(config: Any) -> str:
         f"[ArcVQ-VAE]({PAPER_URL}): {', '.join(parts)}. It uses only part of the prior: a comparison model, not "
         "the full method."
     )
+
+
+def codebook_remedies(config: Any) -> str:
+    """The options beyond the paper (docs/method.md §1.10) that `config` turns on, in words ("" for none)."""
+    parts = []
+    if getattr(config, "spherical_codes", False):
+        parts.append(f"{config.codebook_dim}-dim unit-norm codes")
+    if getattr(config, "codebook_update", "gradient") == "ema":
+        parts.append(f"codes updated as moving averages of their latents (EMA {config.ema_decay})")
+    if getattr(config, "kmeans_init", False):
+        parts.append("k-means init on the first batch")
+    if getattr(config, "dead_code_threshold", 0.0) > 0:
+        parts.append(f"restart of codes used less than {config.dead_code_threshold:g} times per step")
+    if getattr(config, "use_arc_margin", False) and getattr(config, "arc_weight_decay", 1.0) == 0:
+        parts.append(f"a constant arc weight of {config.arc_weight:g}")
+    elif getattr(config, "use_arc_margin", False) and getattr(config, "arc_weight_floor", 0.0) > 0:
+        parts.append(f"an arc weight never below {config.arc_weight_floor:g}")
+    return ", ".join(parts)
 
 
 def describe_dataset(name: str) -> tuple[list[str], str]:
