@@ -3,10 +3,15 @@ angle assignment, dead-code restarts and k-means init, and the field-baseline pr
 off by default and then changes nothing."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from quantizer_sync_worker import STEPS, layer, process_batch
+from safetensors.torch import load_file
 
 from arcvq_hf import ArcVQConfig, ArcVQModel
 from arcvq_hf.model.quantization import (
@@ -299,12 +304,6 @@ def test_field_baseline_tokenizes_like_vector_quantize_pytorch_on_the_same_codeb
 def test_codebook_options_keep_every_process_identical_under_torch_distributed(tmp_path):
     # DDP averages gradients, but EMA updates, restarts and the k-means init move the codebook outside the optimizer:
     # without synchronisation every process would drift to its own codebook (and save only process 0's).
-    import os
-    import subprocess
-    import sys
-
-    from safetensors.torch import load_file
-
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     worker = os.path.join(repo, "tests", "quantizer_sync_worker.py")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker]
@@ -318,9 +317,6 @@ def test_codebook_options_keep_every_process_identical_under_torch_distributed(t
     assert ranks[0]["all.codebook_initialized"].item() == 1.0
 
     # Plain EMA: the two processes together make exactly the updates of one process that sees both batches.
-    sys.path.insert(0, os.path.join(repo, "tests"))
-    from quantizer_sync_worker import STEPS, layer, process_batch
-
     single = layer(codebook_update="ema", use_arc_margin=False, use_ball_bound=False)
     for step in range(STEPS):
         single(torch.cat([process_batch(0, step), process_batch(1, step)]))

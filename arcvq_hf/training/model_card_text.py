@@ -60,17 +60,17 @@ def describe_model(config: Any) -> str:
 def codebook_remedies(config: Any) -> str:
     """The options beyond the paper (docs/method.md §1.10) that `config` turns on, in words ("" for none)."""
     parts = []
-    if getattr(config, "spherical_codes", False):
+    if config.spherical_codes:
         parts.append(f"{config.codebook_dim}-dim unit-norm codes")
-    if getattr(config, "codebook_update", "gradient") == "ema":
+    if config.codebook_update == "ema":
         parts.append(f"codes updated as moving averages of their latents (EMA {config.ema_decay})")
-    if getattr(config, "kmeans_init", False):
+    if config.kmeans_init:
         parts.append("k-means init on the first batch")
-    if getattr(config, "dead_code_threshold", 0.0) > 0:
+    if config.dead_code_threshold > 0:
         parts.append(f"restart of codes used less than {config.dead_code_threshold:g} times per step")
-    if getattr(config, "use_arc_margin", False) and getattr(config, "arc_weight_decay", 1.0) == 0:
+    if config.use_arc_margin and config.arc_weight_decay == 0:
         parts.append(f"a constant arc weight of {config.arc_weight:g}")
-    elif getattr(config, "use_arc_margin", False) and getattr(config, "arc_weight_floor", 0.0) > 0:
+    elif config.use_arc_margin and config.arc_weight_floor > 0:
         parts.append(f"an arc weight never below {config.arc_weight_floor:g}")
     return ", ".join(parts)
 
