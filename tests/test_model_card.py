@@ -16,6 +16,7 @@ from arcvq_hf.training.model_card import (
     model_card_text,
     write_model_card,
 )
+from arcvq_hf.training.model_card_text import codebook_remedies
 
 TINY = {"hidden_size": 16, "residual_hidden_size": 8, "num_residual_layers": 1, "codebook_size": 16, "codebook_dim": 4}
 METRICS = {"eval_psnr": 20.5, "eval_ssim": 0.8, "eval_codebook_utilization": 0.75, "eval_perplexity": 9.0}
@@ -123,3 +124,13 @@ def test_lpips_and_rfid_appear_with_their_resize_and_image_count_only_when_measu
     assert "biased upward" in card.text and "python -m arcvq_hf.evaluation.perceptual fetch" in card.text
     plain = _card("arcvq")
     assert "lpips" not in {r.metric_type for r in plain.data.eval_results} and "LPIPS" not in plain.text
+
+
+def test_codebook_remedies_names_each_option_beyond_the_paper_and_nothing_for_the_paper():
+    assert codebook_remedies(ArcVQConfig()) == ""
+    words = codebook_remedies(ArcVQConfig(ball_max_radius=1.0, arc_memory_size=4096, unused_code_window=100))
+    assert words == (
+        "a ball radius capped at 1, an arc loss that also sees the last 4096 latents of earlier batches, "
+        "codes unused for 100 steps pulled toward their arc positives"
+    )
+    assert "k-means" in codebook_remedies(ArcVQConfig.from_preset("arcvq-lowdim"))

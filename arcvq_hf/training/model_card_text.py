@@ -72,6 +72,12 @@ def codebook_remedies(config: Any) -> str:
         parts.append(f"a constant arc weight of {config.arc_weight:g}")
     elif config.use_arc_margin and config.arc_weight_floor > 0:
         parts.append(f"an arc weight never below {config.arc_weight_floor:g}")
+    if config.use_ball_bound and config.ball_max_radius is not None:
+        parts.append(f"a ball radius capped at {config.ball_max_radius:g}")
+    if config.use_arc_margin and config.arc_memory_size:
+        parts.append(f"an arc loss that also sees the last {config.arc_memory_size} latents of earlier batches")
+    if config.use_arc_margin and config.unused_code_window:
+        parts.append(f"codes unused for {config.unused_code_window} steps pulled toward their arc positives")
     return ", ".join(parts)
 
 

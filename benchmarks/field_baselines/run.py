@@ -125,6 +125,16 @@ OWN_ROWS = {
         {**_LOWDIM_SPHERICAL_EMA_KMEANS, **_constant_arc_weight(0.002)},
     ),
     "cosine-lowdim-spherical-ema-kmeans": ("cosine-only", dict(_LOWDIM_SPHERICAL_EMA_KMEANS)),
+    # Options that keep the paper's prior acting, each on the paper's configuration alone (no field remedy), so each
+    # row says whether the prior itself, kept alive, keeps the codebook in use (docs/method.md §1.10). A ball that
+    # keeps binding: R(t) capped at 1 (the paper's R(t) is 1.57 by step 1500 and 20 by step 10000; codes start at
+    # norm 1, so the cap binds from the first step on).
+    "arcvq-ball-cap": ("arcvq", {"ball_max_radius": 1.0}),
+    # The arc loss over this batch's 4096 latents and the 12288 of the three batches before (detached).
+    "arcvq-latent-memory": ("arcvq", {"arc_memory_size": 12288}),
+    # Codes that won nothing over 100 steps (the window of the usage averages at decay 0.99) pulled toward the mean
+    # direction of their arc positives, weighted by gamma_t.
+    "arcvq-unused-pull": ("arcvq", {"unused_code_window": 100}),
 }
 ROWS = (*OWN_ROWS, *FIELD_QUANTIZERS)
 DEFAULT_SIZES = (512, 8192)
@@ -188,6 +198,9 @@ def build_model(row: str, codebook_size: int, data_variance: float) -> tuple[Arc
             "dead_code_threshold",
             "kmeans_init",
             "commitment_cost",
+            "ball_max_radius",
+            "arc_memory_size",
+            "unused_code_window",
         )
         settings = {"preset": preset, **{key: getattr(config, key) for key in keys}, **overrides}
         return ArcVQModel(config), {"library": "arcvq_hf", **settings}

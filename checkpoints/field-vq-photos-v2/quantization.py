@@ -36,15 +36,21 @@ _MAX_EXPONENT = 80.0
 _MIN_SINE = 1e-6
 
 
-def ball_radius_at(step: int | torch.Tensor, growth_rate: float) -> float | torch.Tensor:
-    """R(t) = exp(alpha * t), saturating instead of overflowing.
+def ball_radius_at(
+    step: int | torch.Tensor, growth_rate: float, max_radius: float | None = None
+) -> float | torch.Tensor:
+    """R(t) = min(exp(alpha * t), max_radius), saturating instead of overflowing. `max_radius` None is the paper's
+    unbounded growth; a cap keeps the ball binding after exp(alpha * t) has outgrown every code (an option beyond the
+    paper, docs/method.md §1.10).
 
     A tensor step (the quantizer's buffer) gives a float32 tensor on its device, so a training forward never
     waits for the device to hand the step back to the host.
     """
     if isinstance(step, torch.Tensor):
-        return torch.exp((step.float() * growth_rate).clamp(max=_MAX_EXPONENT))
-    return math.exp(min(growth_rate * step, _MAX_EXPONENT))
+        radius = torch.exp((step.float() * growth_rate).clamp(max=_MAX_EXPONENT))
+        return radius if max_radius is None else radius.clamp(max=max_radius)
+    radius = math.exp(min(growth_rate * step, _MAX_EXPONENT))
+    return radius if max_radius is None else min(radius, max_radius)
 
 
 def arc_weight_at(
@@ -539,6 +545,36 @@ def assign_codes_and_arc_margin_loss(
     return indices, loss
 
 
+@torch.no_grad()
+def arc_positive_directions(
+    codes: torch.Tensor, latents: torch.Tensor, top_k: int = 3, max_elements: int = 2**22
+) -> torch.Tensor:
+    """The mean direction of each code's arc-loss positives: for each code j of `codes` (U, D), the unit vector of
+    the mean of the unit latents among its `top_k` closest in angle (P_j of docs/method.md §1.5) in `latents` (N, D).
+
+    Returns (U, D) float32 unit vectors (a code with positives that cancel keeps a zero row).
+    """
+    latents_unit = F.normalize(latents.detach().float(), dim=1)
+    codes_unit = F.normalize(codes.detach().float(), dim=1)
+    top_k = min(top_k, latents_unit.shape[0])
+    rows = _rows_per_chunk(latents_unit.shape[0], max_elements)
+    means = []
+    for block in codes_unit.split(rows):
+        positives = (block @ latents_unit.T).topk(top_k, dim=1).indices
+        means.append(latents_unit[positives].mean(dim=1))
+    return F.normalize(torch.cat(means), dim=1) if means else codes_unit.new_zeros(0, codes.shape[1])
+
+
+def unused_code_pull_loss(codebook: torch.Tensor, unused: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """mean_{j unused} (1 - cos(e_j, t_j)): pulls each unused code (rows of `codebook` (K, D) where the mask `unused`
+    (K,) is true) toward the direction `targets` (U, D) of its arc positives. Gradient flows to those codes only;
+    zero (with a zero gradient) when no code is unused."""
+    if targets.shape[0] == 0:
+        return codebook.sum() * 0.0
+    codes = codebook[unused].float()
+    return (1.0 - F.cosine_similarity(codes, targets, dim=1)).mean()
+
+
 @dataclass
 class QuantizerLosses:
     """The parts of the layer's loss, returned with `return_loss_breakdown=True`.
@@ -548,6 +584,7 @@ class QuantizerLosses:
     arc_loss: scalar unweighted arc-margin loss (docs/method.md §1.5); None when switched off or not computed.
     arc_weight: scalar gamma_t at the layer's step (zero when the arc loss is switched off).
     ball_radius: scalar R(t) at the layer's step.
+    unused_code_pull: scalar unweighted pull on the unused codes (`unused_code_window`); None when off.
     """
 
     vq_loss: torch.Tensor
@@ -555,6 +592,7 @@ class QuantizerLosses:
     arc_loss: torch.Tensor | None
     arc_weight: torch.Tensor
     ball_radius: torch.Tensor
+    unused_code_pull: torch.Tensor | None = None
 
 
 # The layer's keywords and the config fields they come from (ArcVQConfig names them for the whole model).
@@ -567,8 +605,11 @@ _CONFIG_FIELDS = {
     "legacy_beta_placement": "legacy_beta_placement",
     "use_ball_bound": "use_ball_bound",
     "ball_growth_rate": "ball_growth_rate",
+    "ball_max_radius": "ball_max_radius",
     "use_arc_margin": "use_arc_margin",
     "arc_weight_floor": "arc_weight_floor",
+    "arc_memory_size": "arc_memory_size",
+    "unused_code_window": "unused_code_window",
     "codebook_update": "codebook_update",
     "ema_decay": "ema_decay",
     "dead_code_threshold": "dead_code_threshold",
@@ -590,7 +631,8 @@ class SphericalAngularMarginQuantizer(nn.Module):
     `quantized, indices, loss = quantizer(x)` with x of shape (B, D, H, W) (channel-first image latents), (B, N, D)
     (token sequences; (B, D, N) with `channel_first=True`) or (N, D). `quantized` has the shape of x and holds the raw
     codes through the straight-through estimator; `indices` is (B, H, W), (B, N) or (N,) int64; `loss` is the float32
-    scalar vq_loss + gamma_t * arc_loss to add to the reconstruction loss.
+    scalar vq_loss + gamma_t * arc_loss (+ gamma_t * the pull of `unused_code_window`) to add to the reconstruction
+    loss.
 
     Every keyword defaults to the paper's VQ-VAE setting (docs/method.md §1.7). The training step t that drives the
     ball radius R(t) and the arc weight gamma_t is the persistent buffer `step`: call `set_step(t)` before each
@@ -609,6 +651,12 @@ class SphericalAngularMarginQuantizer(nn.Module):
         chunk_elements (`int`, 2**22): most code-by-token similarities held at once (bounds memory at large K).
         Options beyond the paper (docs/method.md §1.10), off by default:
         arc_weight_floor (`float`, 0.0): gamma_t never falls below this.
+        ball_max_radius (`float` or None, None): R(t) never grows past this, so the ball keeps binding.
+        arc_memory_size (`int`, 0): the arc loss also sees this many latents of the previous training forwards
+            (unit vectors, detached, first in first out), so its positives and negatives are not one batch's.
+        unused_code_window (`int`, 0): > 0 pulls, in training, every code that won no latent over the last this many
+            training forwards toward the mean direction of its arc positives, weighted by gamma_t (needs
+            `codebook_update="gradient"`: the pull is a loss on the codes).
         codebook_update (`str`, "gradient"): or "ema": codes are moving averages of the raw latents assigned to them
             (the codebook gets no gradient; the VQ loss keeps only beta * commitment).
         ema_decay (`float`, 0.99): decay of those averages and of the code-use counts.
@@ -644,6 +692,9 @@ class SphericalAngularMarginQuantizer(nn.Module):
         arc_weight: float = 1.0,
         arc_weight_decay: float = 5e-4,
         arc_weight_floor: float = 0.0,
+        ball_max_radius: float | None = None,
+        arc_memory_size: int = 0,
+        unused_code_window: int = 0,
         codebook_update: str = "gradient",
         ema_decay: float = 0.99,
         dead_code_threshold: float = 0.0,
@@ -672,6 +723,17 @@ class SphericalAngularMarginQuantizer(nn.Module):
         for name, value in named_integers:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        for name, value in (("arc_memory_size", arc_memory_size), ("unused_code_window", unused_code_window)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0: off), got {value!r}.")
+        if ball_max_radius is not None and not ball_max_radius > 0:
+            raise ValueError(f"ball_max_radius must be a number > 0, or None for no cap; got {ball_max_radius!r}.")
+        if unused_code_window and codebook_update != "gradient":
+            raise ValueError(
+                "unused_code_window pulls unused codes by gradient, but codebook_update='ema' gives the codebook no "
+                "gradient; use dead_code_threshold to revive unused codes of an EMA codebook, or set "
+                "unused_code_window=0."
+            )
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
         self.distance = distance
@@ -687,6 +749,9 @@ class SphericalAngularMarginQuantizer(nn.Module):
         self.arc_weight = arc_weight
         self.arc_weight_decay = arc_weight_decay
         self.arc_weight_floor = arc_weight_floor
+        self.ball_max_radius = ball_max_radius
+        self.arc_memory_size = arc_memory_size
+        self.unused_code_window = unused_code_window
         self.codebook_update = codebook_update
         self.ema_decay = ema_decay
         self.dead_code_threshold = dead_code_threshold
@@ -706,6 +771,12 @@ class SphericalAngularMarginQuantizer(nn.Module):
             self.register_buffer("code_sum", torch.zeros(codebook_size, codebook_dim), persistent=True)
         if kmeans_init:
             self.register_buffer("codebook_initialized", torch.zeros((), dtype=torch.bool), persistent=True)
+        if arc_memory_size:
+            # Saved with the weights, so a resumed run sees the same memory as the uninterrupted one.
+            self.register_buffer("latent_memory", torch.zeros(arc_memory_size, codebook_dim), persistent=True)
+            self.register_buffer("latent_memory_filled", torch.zeros((), dtype=torch.long), persistent=True)
+        if unused_code_window:
+            self.register_buffer("steps_since_used", torch.zeros(codebook_size, dtype=torch.long), persistent=True)
         if init_codebook:
             init_codebook_(self.embedding.weight, codebook_init)
             self.reset_code_statistics()
@@ -731,6 +802,10 @@ class SphericalAngularMarginQuantizer(nn.Module):
             self.code_usage.fill_(1.0)
         if self.codebook_update == "ema":
             self.code_sum.copy_(self.embedding.weight.detach().to(self.code_sum.dtype))
+        if self.arc_memory_size:
+            self.latent_memory_filled.zero_()
+        if self.unused_code_window:
+            self.steps_since_used.zero_()
 
     # ----- the schedules -----------------------------------------------------------------------------------
     def set_step(self, step: int) -> None:
@@ -746,7 +821,7 @@ class SphericalAngularMarginQuantizer(nn.Module):
     @property
     def current_ball_radius(self) -> float:
         """R(t) at the current step, as a Python float."""
-        return ball_radius_at(self.current_step, self.ball_growth_rate)
+        return ball_radius_at(self.current_step, self.ball_growth_rate, self.ball_max_radius)
 
     @property
     def current_arc_weight(self) -> float:
@@ -757,7 +832,7 @@ class SphericalAngularMarginQuantizer(nn.Module):
 
     def schedule_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(R(t), gamma_t) as float32 scalars on the step buffer's device, computed there (no host sync)."""
-        radius = ball_radius_at(self.step, self.ball_growth_rate)
+        radius = ball_radius_at(self.step, self.ball_growth_rate, self.ball_max_radius)
         weight = arc_weight_at(self.step, self.arc_weight, self.arc_weight_decay, self.arc_weight_floor)
         return radius, weight if self.use_arc_margin else torch.zeros_like(weight)
 
@@ -773,7 +848,9 @@ class SphericalAngularMarginQuantizer(nn.Module):
 
     def apply_ball_bound(self) -> torch.Tensor:
         """Project the codebook into the ball of radius R(step); returns the mask (K,) of codes that moved."""
-        return project_onto_ball_(self.embedding.weight, ball_radius_at(self.step, self.ball_growth_rate))
+        return project_onto_ball_(
+            self.embedding.weight, ball_radius_at(self.step, self.ball_growth_rate, self.ball_max_radius)
+        )
 
     def codes_for(self, indices: torch.Tensor) -> torch.Tensor:
         """(...,) ids -> (..., D) code vectors, exactly what the decoder consumes (unit vectors with
@@ -876,6 +953,30 @@ class SphericalAngularMarginQuantizer(nn.Module):
             # used in evaluation must be the one training decodes from (the ball applies only in training).
             self.apply_ball_bound()
 
+    def _unused_code_pull(self, latents: torch.Tensor) -> torch.Tensor:
+        """The `unused_code_window` option: `unused_code_pull_loss` of the codes that won no latent over the last
+        `unused_code_window` training forwards, toward the mean direction of their arc positives in `latents` (N, D)."""
+        unused = self.steps_since_used >= self.unused_code_window
+        targets = arc_positive_directions(self.embedding.weight[unused], latents, self.arc_top_k, self.chunk_elements)
+        return unused_code_pull_loss(self.embedding.weight, unused, targets)
+
+    @torch.no_grad()
+    def _count_steps_since_used(self, indices: torch.Tensor) -> None:
+        """Training forwards since each code last won a latent (of any process)."""
+        counts = torch.bincount(indices, minlength=self.codebook_size)
+        _sum_over_processes_(counts)
+        self.steps_since_used.add_(1).masked_fill_(counts > 0, 0)
+
+    @torch.no_grad()
+    def _remember_latents(self, latents: torch.Tensor) -> None:
+        """Push this batch's unit latents (N, D) in front of the memory, dropping the oldest beyond its size."""
+        size = self.arc_memory_size
+        newest = F.normalize(latents.detach().float(), dim=1)[-size:]
+        kept = min(int(self.latent_memory_filled), size - newest.shape[0])
+        self.latent_memory[newest.shape[0] : newest.shape[0] + kept] = self.latent_memory[:kept].clone()
+        self.latent_memory[: newest.shape[0]] = newest.to(self.latent_memory.dtype)
+        self.latent_memory_filled.fill_(newest.shape[0] + kept)
+
     def forward(
         self,
         latents: torch.Tensor,
@@ -903,7 +1004,10 @@ class SphericalAngularMarginQuantizer(nn.Module):
             self.apply_ball_bound()
         arc = None
         with_arc = (self.training if compute_arc_loss is None else compute_arc_loss) and self.use_arc_margin
-        if with_arc and self.distance == "cosine":
+        # The `arc_memory_size` option: the remembered latents join this batch's in the arc loss (not in the
+        # assignment, so the indices stay exactly `assign_codes`'s).
+        memory = self.latent_memory[: int(self.latent_memory_filled)] if with_arc and self.arc_memory_size else None
+        if with_arc and self.distance == "cosine" and memory is None:
             # Assignment and arc loss from one walk over the code-by-latent cosines (the same indices and loss as
             # `assign_codes` and `arc_margin_loss`, which both compute all of them).
             indices, arc = assign_codes_and_arc_margin_loss(
@@ -925,20 +1029,29 @@ class SphericalAngularMarginQuantizer(nn.Module):
                 # The codes follow the moving averages; only the commitment term trains the encoder.
                 vq = commitment * (1.0 if self.legacy_beta_placement else self.commitment_cost)
         if with_arc and arc is None:
+            arc_latents = flat_f32 if memory is None else torch.cat([flat_f32, memory])
             arc = arc_margin_loss(
-                flat_f32, self.embedding.weight, self.arc_scale, self.arc_margin, self.arc_top_k, self.chunk_elements
+                arc_latents, self.embedding.weight, self.arc_scale, self.arc_margin, self.arc_top_k, self.chunk_elements
             )
         # Schedules as device tensors: reading the step buffer on the host would sync a GPU every forward.
         radius, arc_weight = self.schedule_tensors()
         loss = vq if arc is None else vq + arc_weight * arc
+        pull = None
+        if with_arc and self.training and self.unused_code_window:
+            pull = self._unused_code_pull(flat_f32)
+            loss = loss + arc_weight * pull
         if self.training:
             self._update_codebook(flat_f32, indices)
+            if with_arc and self.arc_memory_size:
+                self._remember_latents(flat_f32)
+            if self.unused_code_window:
+                self._count_steps_since_used(indices)
         # Straight-through estimator written as e + (z - sg(z)): the value is exactly e (z - z == 0), the gradient
         # with respect to z is the identity.
         straight_through = codes.detach().to(flat.dtype) + (flat - flat.detach())
         quantized, indices = restore(straight_through), restore(indices)
         if return_loss_breakdown:
-            return quantized, indices, loss, QuantizerLosses(vq, commitment, arc, arc_weight, radius)
+            return quantized, indices, loss, QuantizerLosses(vq, commitment, arc, arc_weight, radius, pull)
         return quantized, indices, loss
 
 
@@ -949,11 +1062,13 @@ __all__ = [
     "restart_dead_codes_",
     "SphericalAngularMarginQuantizer",
     "arc_margin_loss",
+    "arc_positive_directions",
     "arc_weight_at",
     "assign_codes",
     "assign_codes_and_arc_margin_loss",
     "ball_radius_at",
     "init_codebook_",
     "project_onto_ball_",
+    "unused_code_pull_loss",
     "vq_loss",
 ]

@@ -146,6 +146,13 @@ class ArcVQConfig(PretrainedConfig):
     Options beyond the paper (docs/method.md §1.10; each default is the paper's behaviour):
         arc_weight_floor (`float`, 0.0): gamma_t never falls below this, so the arc loss keeps acting after the
             decay (the paper's gamma_t is 0.01 by step 10000).
+        ball_max_radius (`float` or None, None): R(t) = min(exp(alpha * t), this), so the ball keeps binding after
+            exp(alpha * t) has outgrown the codes (the paper's R(t) is 20 at step 10000); None: no cap.
+        arc_memory_size (`int`, 0): the arc loss also sees this many latents of earlier training batches (unit
+            vectors, detached, newest kept), so with many codes its positives are not one batch's few tokens.
+        unused_code_window (`int`, 0): when > 0, in training, every code that won no latent over the last this many
+            steps is pulled toward the mean direction of its arc positives (its top_k latents by angle), with
+            weight gamma_t; needs `codebook_update="gradient"`.
         codebook_update (`str`, `"gradient"`): `"gradient"` (the paper: the codebook term of the VQ loss trains the
             codes) or `"ema"`: each code becomes the exponential moving average of the raw latents assigned to it
             (by angle or distance, whatever `distance` says), and the VQ loss keeps only beta * commitment.
@@ -219,6 +226,9 @@ class ArcVQConfig(PretrainedConfig):
         arc_weight_decay: float = 5e-4,
         quantizer_chunk_elements: int = 2**22,
         arc_weight_floor: float = 0.0,
+        ball_max_radius: float | None = None,
+        arc_memory_size: int = 0,
+        unused_code_window: int = 0,
         codebook_update: str = "gradient",
         ema_decay: float = 0.99,
         dead_code_threshold: float = 0.0,
@@ -256,6 +266,9 @@ class ArcVQConfig(PretrainedConfig):
         self.arc_weight_decay = arc_weight_decay
         self.quantizer_chunk_elements = quantizer_chunk_elements
         self.arc_weight_floor = arc_weight_floor
+        self.ball_max_radius = ball_max_radius
+        self.arc_memory_size = arc_memory_size
+        self.unused_code_window = unused_code_window
         self.codebook_update = codebook_update
         self.ema_decay = ema_decay
         self.dead_code_threshold = dead_code_threshold
@@ -318,6 +331,19 @@ class ArcVQConfig(PretrainedConfig):
             "kmeans_iters",
         ):
             positive_int(name)
+        for name in ("arc_memory_size", "unused_code_window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"ArcVQConfig.{name} must be an integer >= 0 (0: off), got {value!r}.")
+        value = self.ball_max_radius
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0):
+            raise ValueError(f"ArcVQConfig.ball_max_radius must be a number > 0, or null for no cap; got {value!r}.")
+        if self.unused_code_window and self.codebook_update != "gradient":
+            raise ValueError(
+                "ArcVQConfig.unused_code_window pulls unused codes by gradient, but codebook_update='ema' gives the "
+                "codebook none; revive an EMA codebook's unused codes with dead_code_threshold, or set "
+                "unused_code_window=0."
+            )
         for name in (
             "num_residual_layers",
             "commitment_cost",

@@ -87,6 +87,10 @@ class ArcVQPreTrainedModel(PreTrainedModel):
                 init_codebook_(module.embedding.weight, module.codebook_init)
                 module.reset_code_statistics()
             init.zeros_(module.step)
+            # Buffers of options a checkpoint may lack (an option switched on for fine-tuning): empty, not garbage.
+            for name in ("latent_memory_filled", "steps_since_used"):
+                if hasattr(module, name):
+                    init.zeros_(getattr(module, name))
         elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
