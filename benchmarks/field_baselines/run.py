@@ -135,6 +135,12 @@ OWN_ROWS = {
     # Codes that won nothing over 100 steps (the window of the usage averages at decay 0.99) pulled toward the mean
     # direction of their arc positives, weighted by gamma_t.
     "arcvq-unused-pull": ("arcvq", {"unused_code_window": 100}),
+    # The best ArcVQ with the library rows' commitment weight (1 instead of 0.25): whether that is what separates the
+    # project's layer from the library's at K = 8192.
+    "arcvq-lowdim-commitment1": (
+        "arcvq",
+        {**_LOWDIM_SPHERICAL_EMA_KMEANS, **_constant_arc_weight(0.002), "commitment_cost": 1.0},
+    ),
     # The best ArcVQ (preset arcvq-lowdim) with a memory of the batch before: at K = 8192 a batch's 4096 tokens are
     # fewer than the codes, and with the memory the arc loss sees as many latents as there are codes.
     "arcvq-lowdim-latent-memory": (
