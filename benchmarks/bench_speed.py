@@ -129,11 +129,18 @@ def load_quantizer_module(path: Path) -> ModuleType:
 
 
 def _our_training_step(
-    preset: str | ArcVQConfig, variance: float, fast: bool, quantizer_module: ModuleType | None = None
+    preset: str | ArcVQConfig,
+    variance: float,
+    fast: bool,
+    quantizer_module: ModuleType | None = None,
+    *,
+    channels_last: bool | None = None,
+    compiled: bool = False,
 ) -> Callable[[torch.Tensor, int], None]:
     """One optimizer step of our model (a preset on the mnist backbone, or a config); `fast`: bf16 autocast and
     channels_last weights (assignment and the arc loss stay float32); `quantizer_module`: that module's quantizer
-    layer replaces ours, with the same weights."""
+    layer replaces ours, with the same weights; `channels_last` (default: `fast`) alone, without bf16; `compiled`:
+    the forward under `torch.compile`."""
     torch.manual_seed(0)
     if isinstance(preset, ArcVQConfig):
         config = preset
@@ -144,14 +151,15 @@ def _our_training_step(
         swapped = quantizer_module.SphericalAngularMarginQuantizer.from_config(config)
         swapped.load_state_dict(model.quantizer.state_dict())
         model.quantizer = swapped
-    if fast:
+    if fast if channels_last is None else channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    forward = torch.compile(model) if compiled else model
 
     def step(batch: torch.Tensor, index: int) -> None:
         model.set_training_step(index)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
-            loss = model(batch).loss
+            loss = forward(batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -30,14 +30,13 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from arcvq_hf import ArcVQConfig, ArcVQModel
 from arcvq_hf.data.builtin import mnist_arrays
 from arcvq_hf.data.transforms import pixel_variance
 from arcvq_hf.utils.io_utils import atomic_write_json
 
 BENCHMARK_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARK_DIR))
-from bench_speed import _authors_training_step  # noqa: E402
+from bench_speed import _authors_training_step, _interleave, _our_training_step  # noqa: E402
 
 Step = Callable[[torch.Tensor, int], None]
 # Operator names (self CPU time) by group; the first group whose words appear in the name wins.
@@ -46,26 +45,6 @@ GROUPS = (
     ("other matrix products", ("addmm", "::mm", "bmm", "matmul", "linear")),
     ("optimizer", ("adam", "_foreach", "lerp", "addcdiv", "addcmul")),
 )
-
-
-def our_step(variance: float, compiled: bool, channels_last: bool = False) -> Step:
-    """One optimizer step of the `arcvq` preset on the mnist backbone (float32), optionally under torch.compile or
-    with channels_last weights."""
-    torch.manual_seed(0)
-    model = ArcVQModel(ArcVQConfig.from_preset("arcvq", num_channels=1, data_variance=variance)).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-    forward = torch.compile(model) if compiled else model
-
-    def step(batch: torch.Tensor, index: int) -> None:
-        model.set_training_step(index)
-        loss = forward(batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def grouped_profile(step: Step, batch: torch.Tensor, steps: int) -> dict[str, float]:
@@ -83,23 +62,11 @@ def grouped_profile(step: Step, batch: torch.Tensor, steps: int) -> dict[str, fl
     return dict(seconds)
 
 
-def interleaved_medians(steps: dict[str, Step], batches: list[torch.Tensor]) -> dict[str, float]:
-    """Median seconds per step of each variant, stepped in turn on each batch (the first batch warms up)."""
-    samples: dict[str, list[float]] = {name: [] for name in steps}
-    for round_index, batch in enumerate(batches):
-        for name, step in steps.items():
-            started = time.perf_counter()
-            step(batch, round_index)
-            if round_index > 0:
-                samples[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--authors-code", type=Path, required=True, help="checkout of goals4292/ArcVQ-VAE/ArcVQ-VAE")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=6, help="timed interleaved rounds (after one warm-up)")
+    parser.add_argument("--rounds", type=int, default=6, help="timed interleaved rounds (after two warm-up rounds)")
     parser.add_argument("--profile-steps", type=int, default=2)
     parser.add_argument("--output", type=Path, default=BENCHMARK_DIR / "step_breakdown.json")
     args = parser.parse_args(argv)
@@ -110,29 +77,36 @@ def main(argv: list[str] | None = None) -> None:
     pixels = torch.from_numpy(train)
     variance = pixel_variance(train, max_images=None)
     generator = torch.Generator().manual_seed(0)
-    batches = [pixels[torch.randint(len(pixels), (256,), generator=generator)] for _ in range(args.rounds + 1)]
+    batches = [pixels[torch.randint(len(pixels), (256,), generator=generator)] for _ in range(args.rounds + 2)]
+
+    def our_step(**options: bool) -> Step:
+        return _our_training_step("arcvq", variance, False, **options)
 
     working_dir = os.getcwd()
     authors = _authors_training_step(args.authors_code, variance)
     os.chdir(tempfile.mkdtemp())  # their quantizer appends a usage log to the working directory every forward
     try:
         profiles = {
-            "ours": grouped_profile(our_step(variance, compiled=False), batches[0], args.profile_steps),
+            "ours": grouped_profile(our_step(), batches[0], args.profile_steps),
             "authors": grouped_profile(authors, batches[0], args.profile_steps),
         }
         compile_started = time.perf_counter()
-        compiled = our_step(variance, compiled=True)
+        compiled = our_step(compiled=True)
         compiled(batches[0], 0)
         compile_seconds = time.perf_counter() - compile_started
-        medians = interleaved_medians(
+        samples = _interleave(
             {
-                "ours": our_step(variance, compiled=False),
+                "ours": our_step(),
                 "ours-compiled": compiled,
-                "ours-channels-last": our_step(variance, compiled=False, channels_last=True),
+                "ours-channels-last": our_step(channels_last=True),
                 "authors": authors,
             },
-            batches,
+            iter(batches).__next__,
+            args.rounds,
+            0,
+            (),
         )
+        medians = {name: statistics.median(values) for name, values in samples.items()}
     finally:
         os.chdir(working_dir)
 

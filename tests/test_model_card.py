@@ -133,4 +133,3 @@ def test_codebook_remedies_names_each_option_beyond_the_paper_and_nothing_for_th
         "a ball radius capped at 1, an arc loss that also sees the last 4096 latents of earlier batches, "
         "codes unused for 100 steps pulled toward their arc positives"
     )
-    assert "k-means" in codebook_remedies(ArcVQConfig.from_preset("arcvq-lowdim"))

@@ -560,19 +560,18 @@ def arc_positive_directions(
     rows = _rows_per_chunk(latents_unit.shape[0], max_elements)
     means = []
     for block in codes_unit.split(rows):
-        positives = (block @ latents_unit.T).topk(top_k, dim=1).indices
+        _, positives = _top_k_per_row(block @ latents_unit.T, top_k)  # the arc loss's own choice of P_j
         means.append(latents_unit[positives].mean(dim=1))
     return F.normalize(torch.cat(means), dim=1) if means else codes_unit.new_zeros(0, codes.shape[1])
 
 
-def unused_code_pull_loss(codebook: torch.Tensor, unused: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """mean_{j unused} (1 - cos(e_j, t_j)): pulls each unused code (rows of `codebook` (K, D) where the mask `unused`
-    (K,) is true) toward the direction `targets` (U, D) of its arc positives. Gradient flows to those codes only;
-    zero (with a zero gradient) when no code is unused."""
-    if targets.shape[0] == 0:
-        return codebook.sum() * 0.0
-    codes = codebook[unused].float()
-    return (1.0 - F.cosine_similarity(codes, targets, dim=1)).mean()
+def unused_code_pull_loss(codes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """mean_j (1 - cos(e_j, t_j)) over the unused codes `codes` (U, D) (rows selected from the codebook, so the
+    gradient reaches those rows only) and the directions `targets` (U, D) of their arc positives; zero, with a zero
+    gradient, when U = 0."""
+    if codes.shape[0] == 0:
+        return codes.sum().float()
+    return (1.0 - F.cosine_similarity(codes.float(), targets, dim=1)).mean()
 
 
 @dataclass
@@ -956,9 +955,9 @@ class SphericalAngularMarginQuantizer(nn.Module):
     def _unused_code_pull(self, latents: torch.Tensor) -> torch.Tensor:
         """The `unused_code_window` option: `unused_code_pull_loss` of the codes that won no latent over the last
         `unused_code_window` training forwards, toward the mean direction of their arc positives in `latents` (N, D)."""
-        unused = self.steps_since_used >= self.unused_code_window
-        targets = arc_positive_directions(self.embedding.weight[unused], latents, self.arc_top_k, self.chunk_elements)
-        return unused_code_pull_loss(self.embedding.weight, unused, targets)
+        codes = self.embedding.weight[self.steps_since_used >= self.unused_code_window]
+        targets = arc_positive_directions(codes, latents, self.arc_top_k, self.chunk_elements)
+        return unused_code_pull_loss(codes, targets)
 
     @torch.no_grad()
     def _count_steps_since_used(self, indices: torch.Tensor) -> None:
